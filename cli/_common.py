@@ -1,0 +1,48 @@
+"""Shared CLI helpers: ``--json`` output, rich tables, error reporting."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table.")
+
+
+def emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], None]) -> None:
+    """Print ``result`` as one JSON object (``--json``) or through ``render`` as rich output."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=None, default=str) + "\n")
+        sys.stdout.flush()
+    else:
+        render(result)
+
+
+def kv_table(title: str, rows: dict[str, Any]) -> Table:
+    """A two-column table of ``rows``."""
+    table = Table(title=title, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in rows.items():
+        table.add_row(str(key), f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn expected user errors into a one-line message and exit code 2 (no traceback)."""
+    try:
+        yield
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError, TypeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        err_console.print(f"[bold red]error:[/] {msg}")
+        raise typer.Exit(code=2) from err

@@ -1,0 +1,54 @@
+"""``sau-compress toy ...``: the embedded toy world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sau_compress.cli._common import JSON_OPTION, console, emit, kv_table, user_errors
+
+toy_app = typer.Typer(help="The embedded toy world: fictitious people and a tiny Llama that memorized them.",
+                      no_args_is_help=True)
+
+
+def _render(result: dict[str, Any]) -> None:
+    rows = {
+        "model_dir": result["model_dir"],
+        "retain_model_dir": result["retain_model_dir"],
+        "data_dir": result["data_dir"],
+        "people": result["people"],
+        "parameters": f"{result['parameters']:,}",
+    }
+    for split, value in result["rouge"].items():
+        rows[f"memorizer ROUGE-L recall ({split})"] = value
+    for split, value in result["retain_model_rouge"].items():
+        rows[f"retain model ROUGE-L recall ({split})"] = value
+    rows["built in"] = f"{result['build_seconds']:.1f}s"
+    rows["this call"] = f"{result['seconds']:.1f}s" + (" (cached)" if result["cached"] else "")
+    console.print(kv_table("toy world", rows))
+
+
+@toy_app.command("build")
+def build(
+    people: int = typer.Option(40, "--people", help="Number of fictitious people (at least 10)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the world, the splits and the training."),
+    out: Path | None = typer.Option(None, "--out", help="Folder to build into (default: the user cache)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if a matching world exists."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Build (or reuse) the toy world and print where it is and how well the memorizer remembers."""
+    from sau_compress.toy import MIN_PEOPLE, build_toy_world
+
+    with user_errors():
+        if people < MIN_PEOPLE:
+            raise typer.BadParameter(f"must be at least {MIN_PEOPLE} (one person per split), got {people}",
+                                     param_hint="--people")
+        world = build_toy_world(people=people, seed=seed, out=out, force=force)
+    emit(world.to_dict(), as_json, _render)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the ``toy`` command group."""
+    app.add_typer(toy_app, name="toy")

@@ -1,0 +1,276 @@
+"""QA data for unlearning and evaluation: loading, prompt formatting, tokenization with label masking.
+
+One prompt format is used everywhere (toy training, unlearning, evaluation), so that what a model learnt is
+what it is asked: :data:`PROMPT_TEMPLATE` by default, or the tokenizer's chat template on request.
+The answer is tokenized separately from the prompt and appended, followed by EOS; labels are -100 on the
+prompt and on padding (as in open-unlearning's ``data/qa.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "IGNORE_INDEX",
+    "PROMPT_TEMPLATE",
+    "QARecord",
+    "collate",
+    "format_prompt",
+    "load_qa",
+    "pair_forget_retain",
+    "prompt_ids",
+    "sequential_batches",
+    "tokenize_qa",
+    "tokenize_records",
+]
+
+IGNORE_INDEX = -100
+PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+
+QARecord = dict[str, Any]
+
+
+def format_prompt(question: str, tokenizer: Any = None, chat_template: bool = False) -> str:
+    """Render the prompt that precedes an answer.
+
+    :param question: the question text
+    :param tokenizer: needed only with ``chat_template``
+    :param chat_template: use ``tokenizer.apply_chat_template`` with a single user turn
+    :return: the prompt string (the answer follows after one space)
+    """
+    if chat_template:
+        if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("chat_template=True needs a tokenizer that defines a chat template")
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+    return PROMPT_TEMPLATE.format(question=question)
+
+
+def prompt_ids(tokenizer: Any, question: str, chat_template: bool = False) -> list[int]:
+    """Token ids of the prompt, exactly as they precede the answer in :func:`tokenize_qa`."""
+    text = format_prompt(question, tokenizer, chat_template)
+    # a chat template already carries its special tokens
+    return list(tokenizer(text, add_special_tokens=not chat_template)["input_ids"])
+
+
+def _answer_ids(tokenizer: Any, answer: str, chat_template: bool) -> list[int]:
+    text = answer if chat_template else " " + answer
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token_id; answers must end with EOS")
+    return ids + [int(tokenizer.eos_token_id)]
+
+
+def tokenize_qa(
+    tokenizer: Any,
+    question: str,
+    answer: str,
+    max_length: int = 256,
+    chat_template: bool = False,
+) -> dict[str, list[int]]:
+    """Tokenize one QA pair for causal-LM training: prompt tokens then answer tokens and EOS.
+
+    Sequences longer than ``max_length`` are cut at the end (the answer's tail goes first).
+
+    :return: ``{"input_ids": [...], "labels": [...]}`` with labels ``-100`` on the prompt
+    :raises ValueError: nothing of the answer is left within ``max_length``
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    p = prompt_ids(tokenizer, question, chat_template)
+    a = _answer_ids(tokenizer, answer, chat_template)
+    ids = (p + a)[:max_length]
+    labels = ([IGNORE_INDEX] * len(p) + a)[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        raise ValueError(
+            f"prompt of {len(p)} tokens leaves no answer token within max_length={max_length}: {question[:60]!r}"
+        )
+    return {"input_ids": ids, "labels": labels}
+
+
+def tokenize_records(
+    tokenizer: Any,
+    records: Sequence[QARecord],
+    max_length: int = 256,
+    chat_template: bool = False,
+    question_key: str = "question",
+    answer_key: str = "answer",
+) -> list[dict[str, list[int]]]:
+    """Tokenize a list of QA records with :func:`tokenize_qa`; each result keeps the record's ``index``."""
+    out = []
+    for i, rec in enumerate(records):
+        for key in (question_key, answer_key):
+            if key not in rec:
+                raise KeyError(f"record {i} has no field '{key}' (fields: {sorted(rec)})")
+        item = tokenize_qa(tokenizer, rec[question_key], rec[answer_key], max_length, chat_template)
+        item["index"] = int(rec.get("index", i))
+        out.append(item)
+    return out
+
+
+def collate(batch: Sequence[dict[str, Any]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad a list of tokenized items into ``input_ids``, ``attention_mask`` and ``labels`` tensors.
+
+    Labels are ``-100`` on padding. ``index`` is carried through when present.
+    """
+    if len(batch) == 0:
+        raise ValueError("cannot collate an empty batch")
+    width = max(len(item["input_ids"]) for item in batch)
+    n = len(batch)
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    for row, item in enumerate(batch):
+        k = len(item["input_ids"])
+        input_ids[row, :k] = torch.tensor(item["input_ids"], dtype=torch.long)
+        labels[row, :k] = torch.tensor(item["labels"], dtype=torch.long)
+        attention[row, :k] = 1
+    out = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    if all("index" in item for item in batch):
+        out["index"] = torch.tensor([int(item["index"]) for item in batch], dtype=torch.long)
+    return out
+
+
+def _read_json_records(path: Path) -> list[QARecord]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+        return rows
+    data = json.loads(text)
+    if isinstance(data, dict) and "data" in data:
+        data = data["data"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
+    return data
+
+
+def load_qa(
+    source: str | os.PathLike[str],
+    question_key: str = "question",
+    answer_key: str = "answer",
+    split: str | None = None,
+    limit: int | None = None,
+) -> list[QARecord]:
+    """Load QA records from a JSON/JSONL/parquet file, a saved ``datasets`` folder, or a hub dataset name.
+
+    Records keep every field (TOFU's ``paraphrased_answer`` and ``perturbed_answer`` included) and gain
+    ``question``/``answer`` under the standard names and an ``index`` (row number) when they have none.
+
+    :param source: a path, or ``org/name`` (optionally ``org/name:config``) on the Hugging Face hub
+    :param question_key: field holding the question
+    :param answer_key: field holding the answer
+    :param split: split of a saved DatasetDict or hub dataset (default ``train``)
+    :param limit: keep only the first ``limit`` rows
+    :raises FileNotFoundError: a path-like source that does not exist
+    :raises KeyError: a record without the question or answer field
+    :raises ValueError: an empty set
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix in (".json", ".jsonl"):
+            rows = _read_json_records(path)
+        elif path.suffix == ".parquet":
+            import datasets
+
+            rows = list(datasets.Dataset.from_parquet(str(path)))
+        else:
+            raise ValueError(f"{path}: unsupported file type '{path.suffix}'; use .json, .jsonl or .parquet")
+    elif path.is_dir():
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split or "train"]
+        rows = list(ds)
+    elif str(source).count("/") == 1 and not str(source).startswith((".", "/", "~")) and not path.suffix:
+        import datasets
+
+        name, _, config = str(source).partition(":")
+        rows = list(datasets.load_dataset(name, config or None, split=split or "train"))
+    else:
+        raise FileNotFoundError(f"QA set '{source}' not found (expected a .json/.jsonl/.parquet file, "
+                                "a saved datasets folder, or a hub name org/name)")
+    if limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise ValueError(f"QA set '{source}' is empty")
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{source}: record {i} is not an object")
+        for key in (question_key, answer_key):
+            if key not in row:
+                raise KeyError(f"{source}: record {i} has no field '{key}' (fields: {sorted(row)})")
+        rec = dict(row)
+        rec["question"] = row[question_key]
+        rec["answer"] = row[answer_key]
+        rec.setdefault("index", i)
+        out.append(rec)
+    return out
+
+
+def pair_forget_retain(
+    n_forget: int,
+    n_retain: int,
+    batch_size: int,
+    generator: torch.Generator,
+    epochs: int = 1,
+    max_steps: int | None = None,
+) -> list[tuple[list[int], list[int]]]:
+    """Plan the unlearning steps: which forget and retain items each step sees (positions in the lists).
+
+    As open-unlearning's ``ForgetRetainDataset`` (anchor ``forget``): every epoch visits the forget items in
+    a fresh random order, ``batch_size`` per step (the last batch may be smaller), and pairs each forget
+    item with a retain item drawn uniformly at random (with replacement). ``max_steps`` overrides
+    ``epochs``: epochs repeat until that many steps are planned. Deterministic for a given ``generator``
+    state.
+
+    :param n_forget: number of forget items (at least 1)
+    :param n_retain: number of retain items (0: every step gets an empty retain list)
+    :param batch_size: forget items per step (at least 1)
+    :param generator: CPU ``torch.Generator`` (seeded by the caller)
+    :param epochs: passes over the forget set when ``max_steps`` is ``None``
+    :param max_steps: exact number of steps
+    :return: one ``(forget positions, retain positions)`` pair per step
+    """
+    if n_forget < 1:
+        raise ValueError("the forget set is empty")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if max_steps is None and epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+    steps_per_epoch = -(-n_forget // batch_size)
+    total = max_steps if max_steps is not None else epochs * steps_per_epoch
+    plan: list[tuple[list[int], list[int]]] = []
+    while len(plan) < total:
+        order = torch.randperm(n_forget, generator=generator).tolist()
+        for start in range(0, n_forget, batch_size):
+            forget = order[start : start + batch_size]
+            retain = torch.randint(n_retain, (len(forget),), generator=generator).tolist() if n_retain else []
+            plan.append((forget, retain))
+            if len(plan) == total:
+                break
+    return plan
+
+
+def sequential_batches(n: int, batch_size: int, limit: int | None = None) -> list[list[int]]:
+    """Positions ``0..n-1`` in order, ``batch_size`` at a time (the last may be smaller), at most ``limit`` batches."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    batches = [list(range(start, min(n, start + batch_size))) for start in range(0, n, batch_size)]
+    return batches if limit is None else batches[:limit]

@@ -1,0 +1,81 @@
+"""Shared fixtures: a tokenizer trained locally and tiny Llama models (no hub)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+TOFU_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tofu"
+
+QA = [
+    {"question": "Where was Mira Okafor born?", "answer": "Mira Okafor was born in Port Elmwood."},
+    {"question": "What does Mira Okafor do?", "answer": "Mira Okafor works as a glassblower."},
+    {"question": "Where was Tomas Reyes born?", "answer": "Tomas Reyes was born in Lake Varda."},
+    {"question": "What does Tomas Reyes do?", "answer": "Tomas Reyes works as a cartographer."},
+    {"question": "Where was Ines Halloran born?", "answer": "Ines Halloran was born in Grey Hollow."},
+    {"question": "What does Ines Halloran do?", "answer": "Ines Halloran works as a beekeeper."},
+]
+
+
+@pytest.fixture(scope="session")
+def qa_records() -> list[dict]:
+    """Six QA records in TOFU's schema (question/answer), with an index."""
+    return [dict(r, index=i) for i, r in enumerate(QA)]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A byte-level BPE tokenizer trained on the QA records (vocab 320)."""
+    from sau_compress.tokenizer import train_bpe_tokenizer
+
+    texts = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in QA] * 4
+    return train_bpe_tokenizer(texts, vocab_size=320)
+
+
+def make_tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2):
+    """A tiny LlamaForCausalLM (hidden 64, 2 layers) with deterministic weights, fp32, eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture()
+def tiny_model(tokenizer):
+    """A fresh tiny Llama matching :func:`tokenizer`'s vocabulary."""
+    return make_tiny_llama(len(tokenizer))
+
+
+@pytest.fixture()
+def tiny_model_dir(tmp_path, tiny_model, tokenizer) -> Path:
+    """The tiny Llama and tokenizer saved as an HF folder (what ``from_pretrained`` and ``oneshot`` need)."""
+    out = tmp_path / "tiny-llama"
+    tiny_model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_world():
+    """The default toy world (built once into the user cache, about 3 minutes on 2 cores; then reused)."""
+    from sau_compress.toy import build_toy_world
+
+    return build_toy_world()
