@@ -1,0 +1,52 @@
+"""Export: compressed-tensors ``sparse-24-bitmask`` writer and reader, dense export for current vLLM, inspect.
+
+``sparse-24-bitmask`` halves the weight bytes of 2:4 layers and is read by compressed-tensors <= 0.14.0.1 and
+served with sparse kernels by vLLM <= 0.18.1; ``dense`` loads in current vLLM. Both carry the sidecar
+``sau_compress.json``. See ``docs/export.md``.
+"""
+
+from __future__ import annotations
+
+from sau_compress.export.bitmask import (
+    CorruptCheckpointError,
+    bits_equal,
+    count_group_violations,
+    is_two_four,
+    pack_24_bitmask,
+    unpack_24_bitmask,
+)
+from sau_compress.export.checkpoint import (
+    CT_FORMAT_VERSION,
+    FORMATS,
+    export_checkpoint,
+    load_model,
+    read_config,
+    read_state_dict,
+    save_model,
+)
+from sau_compress.export.files import read_header, tensor_index
+from sau_compress.export.inspect import inspect_checkpoint
+from sau_compress.export.metadata import SIDECAR_NAME, forget_set_hash, unlearning_record, vllm_support
+
+__all__ = [
+    "CT_FORMAT_VERSION",
+    "FORMATS",
+    "SIDECAR_NAME",
+    "CorruptCheckpointError",
+    "bits_equal",
+    "count_group_violations",
+    "export_checkpoint",
+    "forget_set_hash",
+    "inspect_checkpoint",
+    "is_two_four",
+    "load_model",
+    "pack_24_bitmask",
+    "read_config",
+    "read_header",
+    "read_state_dict",
+    "save_model",
+    "tensor_index",
+    "unlearning_record",
+    "unpack_24_bitmask",
+    "vllm_support",
+]
