@@ -1,0 +1,407 @@
+"""Optimizers whose whole update, weight decay included, is multiplied elementwise by a per-parameter scale.
+
+SAU's step (DESIGN.md, step 4) replaces each update Δθ by Δθ ⊙ G ⊙ W. Scaling the *update*, not the
+gradient, keeps the meaning under Adam, whose per-element normalisation would cancel a constant gradient
+scale. Entries with scale 0 never move: no weight decay, no momentum leakage; pruned entries stay exactly 0.
+
+Each parameter is updated in one of two layouts (:class:`ParamScale`):
+
+- **compact** (``indices`` given, modes ``sau``/``topk``): only the selected entries G exist for the
+  optimizer. Gradients are gathered to ``[|G|]`` by a post-accumulate-grad hook the moment autograd produces
+  them (the full gradient is freed at once), and the moments are ``[|G|]`` too. At ``topk_ratio`` 0.3 on a
+  50%-sparse layer that is about 15% of a dense optimizer's state, and no full-size gradient is ever held
+  for all layers at once.
+- **full** (``indices`` None, mode ``masked``): full-size gradient and moments, update multiplied by a full
+  scale (a bool mask, or floats).
+
+The math is torch's: AdamW with decoupled weight decay (``torch.optim.AdamW``), SGD with L2 weight decay
+added to the gradient and optional (Nesterov) momentum (``torch.optim.SGD``). It runs in fp32
+(:data:`OPTIM_PRECISION`) whatever the parameter dtype, and results are cast back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = [
+    "OPTIMIZERS",
+    "OPTIM_PRECISION",
+    "ParamScale",
+    "ScaledAdamW",
+    "ScaledOptimizer",
+    "ScaledSGD",
+    "make_optimizer",
+]
+
+OPTIM_PRECISION = torch.float32
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass
+class ParamScale:
+    """How one parameter is updated.
+
+    :param indices: flat indices of the entries that may move (compact layout), or ``None`` for the full layout
+    :param scale: multiplier of the update: ``[|indices|]`` floats in the compact layout, a tensor of the
+        parameter's shape (bool or float) in the full layout, or ``None`` for 1 everywhere
+    """
+
+    indices: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+
+
+class _Slot:
+    """Per-parameter bookkeeping: the parameter, its layout and its state."""
+
+    def __init__(self, name: str, param: nn.Parameter, spec: ParamScale) -> None:
+        self.name = name
+        self.param = param
+        numel = param.numel()
+        self.indices: torch.Tensor | None = None
+        if spec.indices is not None:
+            if not param.is_contiguous():
+                raise ValueError(f"parameter '{name}' must be contiguous for the compact layout")
+            idx = spec.indices.reshape(-1).to(param.device)
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= numel):
+                raise ValueError(f"parameter '{name}': indices outside [0, {numel})")
+            # int32 halves the index memory; index_select / index_put_ accept it
+            self.indices = idx.to(torch.int32 if numel < 2**31 else torch.long)
+        size = (self.indices.numel(),) if self.indices is not None else tuple(param.shape)
+        self.scale: torch.Tensor | None = None
+        if spec.scale is not None:
+            scale = spec.scale.to(param.device)
+            if tuple(scale.shape) != size:
+                raise ValueError(
+                    f"parameter '{name}': scale shape {tuple(scale.shape)} != expected {size} "
+                    f"({'|indices|' if self.indices is not None else 'parameter shape'})"
+                )
+            self.scale = scale if scale.dtype == torch.bool else scale.to(OPTIM_PRECISION)
+        self.size = size
+        self.grad: torch.Tensor | None = None  # compact layout only
+        self.state: dict[str, torch.Tensor] = {}
+
+    @property
+    def compact(self) -> bool:
+        return self.indices is not None
+
+    def gather_grad(self) -> torch.Tensor | None:
+        """The gradient in the optimizer's layout, fp32 (``None`` when backward produced none)."""
+        if self.compact:
+            return self.grad
+        g = self.param.grad
+        return None if g is None else g.to(OPTIM_PRECISION)
+
+    def used_grad(self) -> torch.Tensor | None:
+        """The part of the gradient the update uses (scale != 0), for norms and finiteness checks."""
+        g = self.gather_grad()
+        if g is None or self.compact or self.scale is None:
+            return g
+        keep = self.scale if self.scale.dtype == torch.bool else self.scale != 0
+        return torch.where(keep, g, torch.zeros((), dtype=g.dtype, device=g.device))
+
+    def values(self) -> torch.Tensor:
+        """Current parameter values in the optimizer's layout, fp32 (a copy in the compact layout)."""
+        data = self.param.detach()
+        if self.compact:
+            return data.view(-1).index_select(0, self.indices).to(OPTIM_PRECISION)
+        return data.to(OPTIM_PRECISION)
+
+    def apply(self, old: torch.Tensor, update: torch.Tensor) -> None:
+        """Write ``old + scale ⊙ update`` back; entries with scale 0 are left untouched (bit-identical)."""
+        if self.scale is not None:
+            if self.scale.dtype == torch.bool:
+                update = torch.where(self.scale, update, torch.zeros((), dtype=update.dtype, device=update.device))
+            elif self.compact:
+                update = update.mul_(self.scale)
+            else:
+                update = torch.where(self.scale != 0, update * self.scale, torch.zeros((), device=update.device))
+        data = self.param.data
+        if self.compact:
+            data.view(-1).index_put_((self.indices,), (old + update).to(data.dtype))
+        elif data.dtype == OPTIM_PRECISION:
+            data.add_(update)
+        else:
+            data.copy_(old + update)
+
+
+class ScaledOptimizer:
+    """Base class: parameters, layouts, gradient hooks, clipping, finiteness checks, memory accounting.
+
+    Not a ``torch.optim.Optimizer``: the compact layout keeps its own gradients. Use it as::
+
+        opt = ScaledAdamW(params, scales, lr=1e-5)
+        opt.attach()                      # hooks that gather compact gradients during backward
+        loss.backward(); opt.step(); opt.zero_grad()
+        opt.detach()
+
+    :param params: ``{name: parameter}``
+    :param scales: ``{name: ParamScale}``; a missing name is updated in full with scale 1
+    :param lr: learning rate
+    :param weight_decay: weight decay (decoupled for AdamW, L2 for SGD), scaled like the rest of the update
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, nn.Parameter],
+        scales: Mapping[str, ParamScale] | None = None,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if not params:
+            raise ValueError("no parameters to optimize")
+        if lr < 0 or weight_decay < 0:
+            raise ValueError(f"lr and weight_decay must be non-negative, got lr={lr}, weight_decay={weight_decay}")
+        scales = dict(scales or {})
+        unknown = sorted(set(scales) - set(params))
+        if unknown:
+            raise KeyError(f"scales for unknown parameters: {unknown[:5]}")
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.slots = [_Slot(name, p, scales.get(name, ParamScale())) for name, p in params.items()]
+        self.step_count = 0
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    # ---- gradients
+
+    def attach(self) -> None:
+        """Register the hooks that gather compact gradients (and free the full ones) during backward."""
+        if self._hooks:
+            return
+        for slot in self.slots:
+            if slot.compact:
+                self._hooks.append(slot.param.register_post_accumulate_grad_hook(self._make_hook(slot)))
+
+    def detach(self) -> None:
+        """Remove the gradient hooks."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    @staticmethod
+    def _make_hook(slot: _Slot) -> Callable[[torch.Tensor], None]:
+        def hook(param: torch.Tensor) -> None:
+            g = param.grad.detach().view(-1).index_select(0, slot.indices).to(OPTIM_PRECISION)
+            slot.grad = g if slot.grad is None else slot.grad.add_(g)
+            param.grad = None
+
+        return hook
+
+    def zero_grad(self) -> None:
+        """Drop every gradient (compact and full)."""
+        for slot in self.slots:
+            slot.grad = None
+            slot.param.grad = None
+
+    def grad_norm(self) -> torch.Tensor:
+        """L2 norm (fp32 scalar) of the gradient entries the update uses (G in the compact layout)."""
+        norms = [g.norm() for slot in self.slots if (g := slot.used_grad()) is not None]
+        if not norms:
+            return torch.zeros(())
+        return torch.stack([n.to(norms[0].device) for n in norms]).norm()
+
+    def clip_grad_norm_(self, max_norm: float) -> float:
+        """Scale the gradients so that :meth:`grad_norm` is at most ``max_norm``; return the norm before."""
+        total = self.grad_norm()
+        coef = float(max_norm) / (float(total) + 1e-6)
+        if coef < 1.0:
+            for slot in self.slots:
+                if slot.compact and slot.grad is not None:
+                    slot.grad.mul_(coef)
+                elif not slot.compact and slot.param.grad is not None:
+                    slot.param.grad.mul_(coef)
+        return float(total)
+
+    def grads_finite(self) -> bool:
+        """Whether every used gradient entry is finite (grouped norms, one device synchronisation)."""
+        grads = [g for slot in self.slots if (g := slot.used_grad()) is not None]
+        return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
+
+    # ---- memory
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state (moments, momentum, compact indices and scales)."""
+        total = 0
+        for slot in self.slots:
+            total += sum(t.numel() * t.element_size() for t in slot.state.values())
+            for t in (slot.indices, slot.scale):
+                if t is not None:
+                    total += t.numel() * t.element_size()
+        return total
+
+    def grad_bytes(self) -> int:
+        """Bytes of gradients currently held (compact buffers and full ``.grad`` tensors)."""
+        total = 0
+        for slot in self.slots:
+            for g in (slot.grad, slot.param.grad):
+                if g is not None:
+                    total += g.numel() * g.element_size()
+        return total
+
+    # ---- step
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Apply one update to every parameter that has a gradient."""
+        self.step_count += 1
+        active, grads = [], []
+        for slot in self.slots:
+            g = slot.gather_grad()
+            if g is not None:
+                active.append(slot)
+                grads.append(g)
+        if not active:
+            return
+        olds = [slot.values() for slot in active]
+        updates = self._updates(active, olds, grads)
+        # compact slots with float (or no) scale: scale and add in grouped kernels, then scatter
+        grouped = [i for i, slot in enumerate(active)
+                   if slot.compact and (slot.scale is None or slot.scale.dtype != torch.bool)]
+        scaled = [i for i in grouped if active[i].scale is not None]
+        if scaled:
+            torch._foreach_mul_([updates[i] for i in scaled], [active[i].scale for i in scaled])
+        if grouped:
+            new_values = torch._foreach_add([olds[i] for i in grouped], [updates[i] for i in grouped])
+            for i, new in zip(grouped, new_values, strict=True):
+                data = active[i].param.data
+                data.view(-1).index_put_((active[i].indices,), new.to(data.dtype))
+        done = set(grouped)
+        for i, slot in enumerate(active):
+            if i not in done:
+                slot.apply(olds[i], updates[i])
+
+    def _updates(
+        self, slots: list[_Slot], olds: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Unscaled updates of the given slots (subclasses may batch them with ``torch._foreach_*``)."""
+        return [self._update(slot, old, g) for slot, old, g in zip(slots, olds, grads, strict=True)]
+
+    def _update(self, slot: _Slot, old: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ScaledAdamW(ScaledOptimizer):
+    """AdamW (decoupled weight decay, as ``torch.optim.AdamW``) with the update scaled per entry.
+
+    Unscaled update of one entry at step t: ``-lr·wd·θ - lr·m̂/(√v̂ + eps)``, with bias-corrected moments.
+
+    :param betas: Adam's (β1, β2)
+    :param eps: Adam's epsilon
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, nn.Parameter],
+        scales: Mapping[str, ParamScale] | None = None,
+        lr: float = 1e-5,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__(params, scales, lr, weight_decay)
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        if eps <= 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+        for slot in self.slots:
+            dev = slot.param.device
+            slot.state["exp_avg"] = torch.zeros(slot.size, dtype=OPTIM_PRECISION, device=dev)
+            slot.state["exp_avg_sq"] = torch.zeros(slot.size, dtype=OPTIM_PRECISION, device=dev)
+
+    def _updates(
+        self, slots: list[_Slot], olds: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """All slots at once with ``torch._foreach_*`` (a few grouped kernels on CUDA), same math as
+        :meth:`_update`."""
+        b1, b2 = self.betas
+        t = self.step_count
+        ms = [slot.state["exp_avg"] for slot in slots]
+        vs = [slot.state["exp_avg_sq"] for slot in slots]
+        torch._foreach_lerp_(ms, grads, 1.0 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - b2)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, math.sqrt(1.0 - b2**t))
+        torch._foreach_add_(denom, self.eps)
+        updates = torch._foreach_div(ms, denom)
+        torch._foreach_mul_(updates, -self.lr / (1.0 - b1**t))
+        if self.weight_decay:
+            torch._foreach_add_(updates, olds, alpha=-self.lr * self.weight_decay)
+        return list(updates)
+
+    def _update(self, slot: _Slot, old: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        b1, b2 = self.betas
+        t = self.step_count
+        m, v = slot.state["exp_avg"], slot.state["exp_avg_sq"]
+        m.lerp_(grad, 1.0 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
+        denom = (v.sqrt() / math.sqrt(1.0 - b2**t)).add_(self.eps)
+        update = (m / denom).mul_(-self.lr / (1.0 - b1**t))
+        if self.weight_decay:
+            update.add_(old, alpha=-self.lr * self.weight_decay)
+        return update
+
+
+class ScaledSGD(ScaledOptimizer):
+    """SGD (L2 weight decay in the gradient, optional momentum/Nesterov, as ``torch.optim.SGD``), update scaled.
+
+    :param momentum: momentum factor (0 = plain SGD, no state)
+    :param nesterov: Nesterov momentum
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, nn.Parameter],
+        scales: Mapping[str, ParamScale] | None = None,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+    ) -> None:
+        super().__init__(params, scales, lr, weight_decay)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        self.momentum = float(momentum)
+        self.nesterov = nesterov
+
+    def _update(self, slot: _Slot, old: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        d = grad.add(old, alpha=self.weight_decay) if self.weight_decay else grad.clone()
+        if self.momentum:
+            buf = slot.state.get("momentum_buffer")
+            if buf is None:
+                buf = slot.state["momentum_buffer"] = d.clone()
+            else:
+                buf.mul_(self.momentum).add_(d)
+            d = d.add_(buf, alpha=self.momentum) if self.nesterov else buf.clone()
+        return d.mul_(-self.lr)
+
+
+def make_optimizer(
+    kind: str,
+    params: Mapping[str, nn.Parameter],
+    scales: Mapping[str, ParamScale] | None = None,
+    lr: float = 1e-5,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    momentum: float = 0.9,
+) -> ScaledOptimizer:
+    """Build a scaled optimizer by name.
+
+    :param kind: one of :data:`OPTIMIZERS`
+    :return: a :class:`ScaledAdamW` or :class:`ScaledSGD`
+    :raises ValueError: unknown ``kind`` (the error lists the choices)
+    """
+    if kind == "adamw":
+        return ScaledAdamW(params, scales, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
+    if kind == "sgd":
+        return ScaledSGD(params, scales, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    raise ValueError(f"unknown optimizer '{kind}'; choose from {list(OPTIMIZERS)}")
