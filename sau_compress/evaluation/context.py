@@ -1,0 +1,86 @@
+"""What a metric handler sees: the model, its tokenizer, the named QA sets and memoised model outputs.
+
+Several metrics read the same model outputs (the forget answers' scores feed answer probability, extraction
+strength, exact memorization and three MIA attacks; one set of greedy answers feeds ROUGE against the answer
+and the paraphrased answer). :class:`EvalContext` computes each of them once per (set, fields).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from sau_compress.evaluation.generation import generate_answers
+from sau_compress.evaluation.scoring import AnswerScore, pad_token_id, score_items, tokenize_answers
+
+__all__ = ["EvalContext"]
+
+
+@dataclass
+class EvalContext:
+    """Model, tokenizer, named QA sets and the settings shared by every metric of one evaluation.
+
+    :ivar datasets: set name (``forget``, ``retain``, ``holdout``, ``real_authors``, ...) -> QA records
+    :ivar batch_size: sequences per forward pass / ``generate`` call
+    :ivar max_new_tokens: longest generated answer
+    :ivar chat_template: build prompts with the tokenizer's chat template
+    :ivar max_length: longest tokenized prompt + answer
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    datasets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    batch_size: int = 16
+    max_new_tokens: int = 64
+    chat_template: bool = False
+    max_length: int = 512
+    _scores: dict[tuple[str, str, str], list[list[AnswerScore]]] = field(default_factory=dict, repr=False)
+    _generations: dict[tuple[str, str], list[str]] = field(default_factory=dict, repr=False)
+
+    def records(self, data: str) -> list[dict[str, Any]]:
+        """The QA records of set ``data``.
+
+        :raises KeyError: no set of that name (names the sets available)
+        """
+        if data not in self.datasets:
+            raise KeyError(f"no QA set named '{data}' in this evaluation (sets: {sorted(self.datasets)})")
+        return self.datasets[data]
+
+    @staticmethod
+    def index_of(record: dict[str, Any], position: int) -> str:
+        """The key of a record in ``value_by_index``: its ``index`` field (else its position), as a string."""
+        return str(record.get("index", position))
+
+    def scores(self, data: str, question_key: str = "question", answer_key: str = "answer") -> list[list[AnswerScore]]:
+        """Teacher-forced scores of every answer of every record (a list per record: one per answer option)."""
+        key = (data, question_key, answer_key)
+        if key not in self._scores:
+            items, groups = tokenize_answers(
+                self.tokenizer, self.records(data), question_key, answer_key, self.chat_template, self.max_length
+            )
+            flat = score_items(
+                self.model, items, pad_token_id(self.tokenizer), self.batch_size, desc=f"scoring {data}:{answer_key}"
+            )
+            self._scores[key] = [[flat[p] for p in positions] for positions in groups]
+        return self._scores[key]
+
+    def generations(self, data: str, question_key: str = "question") -> list[str]:
+        """Greedy answers to every question of set ``data``."""
+        key = (data, question_key)
+        if key not in self._generations:
+            records = self.records(data)
+            for i, rec in enumerate(records):
+                if question_key not in rec:
+                    raise KeyError(f"{data}: record {i} has no field '{question_key}' (fields: {sorted(rec)})")
+            self._generations[key] = generate_answers(
+                self.model,
+                self.tokenizer,
+                [rec[question_key] for rec in records],
+                max_new_tokens=self.max_new_tokens,
+                batch_size=self.batch_size,
+                chat_template=self.chat_template,
+                desc=f"generating {data}",
+            )
+        return self._generations[key]
