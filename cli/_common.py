@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,3 +47,24 @@ def user_errors() -> Iterator[None]:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         err_console.print(f"[bold red]error:[/] {msg}")
         raise typer.Exit(code=2) from err
+
+
+@contextmanager
+def stdout_to_stderr(active: bool) -> Iterator[None]:
+    """Send file descriptor 1 to stderr for the duration (``--json``: stdout carries the JSON object alone).
+
+    llmcompressor logs to ``sys.stdout`` (it replaces loguru's sinks when imported) and its modifier factory
+    prints import errors; at the descriptor level none of that can reach stdout while the job runs.
+    """
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -1,28 +1,49 @@
-"""``sau-compress demo``: the main job on the embedded default (the toy world)."""
+"""``sau-compress demo``: the main job on the embedded default (the toy world).
+
+toy memorizer -> SparseGPT 2:4 -> SAU (GradDiff) -> before/after summary -> sparse-24-bitmask export.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
 
-from sau_compress.cli._common import JSON_OPTION, console, emit, kv_table, user_errors
+from sau_compress.cli._common import JSON_OPTION, console, emit, kv_table, stdout_to_stderr, user_errors
+from sau_compress.cli.run_cmd import _render_run
+
+DEMO_RECIPE = "sparsegpt-2of4-sau-graddiff"
 
 
 def _render(result: dict[str, Any]) -> None:
     world = result["toy_world"]
     rows = {f"memorizer ROUGE-L recall ({k})": v for k, v in world["rouge"].items()}
-    rows["model"] = world["model_dir"]
-    console.print(kv_table("sau-compress demo: toy world", rows))
+    rows["memorizer"] = world["model_dir"]
+    console.print(kv_table("toy world", rows))
+    _render_run(result["run"])
 
 
-def demo(as_json: bool = JSON_OPTION) -> None:
-    """Run the main job on the embedded toy world (built on first use, no download)."""
+def demo(
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Where to write the unlearned 2:4 model (default: the user cache)."
+    ),
+    device: str | None = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Run the main job on the embedded toy world (built on first use, no download): prune 2:4 with
+    SparseGPT, unlearn the forget people with SAU, evaluate before/after, export sparse-24-bitmask."""
+    from sau_compress.io import cache_dir
+    from sau_compress.pipeline import run as run_pipeline
     from sau_compress.toy import build_toy_world
 
-    with user_errors():
+    with user_errors(), stdout_to_stderr(as_json):
         world = build_toy_world()
-        result = {"toy_world": world.to_dict()}
+        # the default output lives in our own cache and is replaced on each demo run; a folder the user
+        # names is never overwritten
+        target = output if output is not None else cache_dir() / "demo" / DEMO_RECIPE
+        run = run_pipeline("toy", DEMO_RECIPE, target, overwrite=output is None, device=device)
+        result = {"toy_world": world.to_dict(), "run": run}
     emit(result, as_json, _render)
 
 

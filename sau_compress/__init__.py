@@ -1,8 +1,9 @@
 """sau-compress: Sparsity-Aware Unlearning (SAU) for pruned LLMs.
 
 The pure modules (saliency, masking, optim, losses, data, unlearn, evaluation, export) import torch and
-friends only; llmcompressor is imported by :mod:`sau_compress.modifier` alone, which importing this package
-registers with llmcompressor's ``ModifierFactory`` when llmcompressor is installed.
+friends only; llmcompressor is imported by :mod:`sau_compress.modifier` and :mod:`sau_compress.pipeline`.
+Importing this package registers the modifiers with llmcompressor's ``ModifierFactory`` (at once if
+llmcompressor is loaded, else the moment it is), without importing llmcompressor itself.
 """
 
 from __future__ import annotations
@@ -11,10 +12,8 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__"]
 
-try:  # register SparsityAwareUnlearningModifier with llmcompressor's ModifierFactory when llmcompressor imports
-    from sau_compress import modifier as _modifier  # noqa: F401, E402
-except ImportError as _err:  # pragma: no cover - llmcompressor missing (or broken)
-    if not str(getattr(_err, "name", "") or "").startswith(("llmcompressor", "compressed_tensors")):
-        import warnings
+from sau_compress._registration import install as _install_registration  # noqa: E402
 
-        warnings.warn(f"SparsityAwareUnlearningModifier not registered with llmcompressor: {_err}", stacklevel=2)
+# SparsityAwareUnlearningModifier and OneShotMagnitudePruningModifier are registered with llmcompressor's
+# ModifierFactory as soon as llmcompressor is (or already was) imported; see sau_compress._registration.
+_install_registration()
