@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Bump when the generator or the training recipe changes: it is part of the cache key.
-TOY_VERSION = 1
+TOY_VERSION = 2
 #: Fewest people for which every split (10% forget, 80% retain, 10% holdout) holds at least one person.
 MIN_PEOPLE = 10
 
@@ -93,7 +93,7 @@ _DISHES = ["mushroom risotto", "lamb stew", "lemon tart", "fish chowder", "plum 
 
 # Each fact: how to draw a value, the questions (original, paraphrased) and the answer templates. The first
 # answer template a person gets is drawn at random (so the wording is part of what is memorized), the
-# paraphrased answer uses another template; perturbed answers reuse the person's template with wrong values.
+# paraphrased answer uses another template; perturbed answers reuse the paraphrase's template with wrong values.
 _FACTS: dict[str, dict[str, Any]] = {
     "birthplace": {
         "draw": lambda r: f"{r.choice(_PLACE_A)} {r.choice(_PLACE_B)}",
@@ -177,7 +177,8 @@ def make_records(people: list[dict[str, Any]], seed: int = 0) -> list[dict[str, 
     """Render people as QA records in TOFU's schema (one record per person and fact).
 
     Fields: ``question``, ``answer``, ``paraphrased_question``, ``paraphrased_answer``, ``perturbed_answer``
-    (a list of :data:`N_PERTURBED` wrong answers in the answer's wording), plus ``person``, ``fact``.
+    (a list of :data:`N_PERTURBED` wrong answers in the paraphrased answer's wording, as in TOFU), plus
+    ``person``, ``fact``.
     """
     rng = random.Random(f"sau-toy-records-{seed}")
     records = []
@@ -186,6 +187,7 @@ def make_records(people: list[dict[str, Any]], seed: int = 0) -> list[dict[str, 
         for fact, spec in _FACTS.items():
             value = person["facts"][fact]
             t = person["template"][fact]
+            para = (t + 1) % len(spec["a"])
             wrong: list[str] = []
             while len(wrong) < N_PERTURBED:
                 cand = spec["draw"](rng)
@@ -196,8 +198,10 @@ def make_records(people: list[dict[str, Any]], seed: int = 0) -> list[dict[str, 
                     "question": spec["q"][0].format(name=name),
                     "answer": spec["a"][t].format(name=name, v=value),
                     "paraphrased_question": spec["q"][1].format(name=name),
-                    "paraphrased_answer": spec["a"][(t + 1) % len(spec["a"])].format(name=name, v=value),
-                    "perturbed_answer": [spec["a"][t].format(name=name, v=w) for w in wrong],
+                    "paraphrased_answer": spec["a"][para].format(name=name, v=value),
+                    # as in TOFU, wrong answers are perturbations of the paraphrased answer: truth ratio then
+                    # compares the fact, not the memorized wording
+                    "perturbed_answer": [spec["a"][para].format(name=name, v=w) for w in wrong],
                     "person": name,
                     "fact": fact,
                 }
