@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 from rich.table import Table
+
 from sau_compress.cli._common import JSON_OPTION, console, emit, kv_table, user_errors
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_llama
 from safetensors.torch import load_file, save_file
 
+from conftest import make_tiny_llama
 from sau_compress.export import (
     SIDECAR_NAME,
     CorruptCheckpointError,
@@ -456,8 +456,9 @@ def test_inspect_warns_on_split_fused_group(tmp_path):
 
 
 def test_cli_export_and_inspect_json(tmp_path, tokenizer):
-    from sau_compress.cli.app import app
     from typer.testing import CliRunner
+
+    from sau_compress.cli.app import app
 
     src = save_model(_model(), tokenizer, tmp_path / "src", format="dense")
     runner = CliRunner()
