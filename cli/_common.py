@@ -32,7 +32,7 @@ def kv_table(title: str, rows: dict[str, Any]) -> Table:
     """A two-column table of ``rows``."""
     table = Table(title=title, show_header=False)
     table.add_column("field", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")
     for key, value in rows.items():
         table.add_row(str(key), f"{value:.4f}" if isinstance(value, float) else str(value))
     return table

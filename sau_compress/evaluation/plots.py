@@ -51,7 +51,7 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
             fontsize=8, color="grey")
     ax.set_yscale("log")
     low = min(min(ys), SIGNIFICANCE) / 10
-    ax.set_ylim(low, 2.0)
+    ax.set_ylim(low, 5.0)  # headroom above p = 1 for the labels
     mus = [mu for _, mu, _ in points]
     span = max(mus) - min(mus)
     pad = max(0.05, 0.15 * span)
