@@ -35,6 +35,9 @@ __all__ = [
     "resolve_model_path",
     "TOY_ALIASES",
     "default_world_dir",
+    "load_world",
+    "rouge_by_split",
+    "train_world",
     "split_people",
     "toy_data_file",
     "train_memorizer",
@@ -358,7 +361,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _load_world(root: Path, key: str) -> ToyWorld | None:
+def load_world(root: Path, key: str) -> ToyWorld | None:
+    """Read a world saved by :func:`train_world` from ``root`` if its ``world.json`` carries ``key``."""
     meta_path = root / "world.json"
     if not meta_path.is_file():
         return None
@@ -370,7 +374,7 @@ def _load_world(root: Path, key: str) -> ToyWorld | None:
         model_dir=root / "model",
         retain_model_dir=root / "retain_model",
         data_dir=root / "data",
-        people=meta["people"],
+        people=meta.get("people", meta.get("authors")),
         seed=meta["seed"],
         rouge=meta["rouge"],
         retain_model_rouge=meta["retain_model_rouge"],
@@ -380,17 +384,100 @@ def _load_world(root: Path, key: str) -> ToyWorld | None:
     )
 
 
-def _rouge_by_split(model: Any, tokenizer: Any, splits: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
-    from sau_compress.evaluation.generation import generate_answers
-    from sau_compress.evaluation.metrics import rouge_l_recall
+def rouge_by_split(
+    model: Any, tokenizer: Any, splits: dict[str, list[dict[str, Any]]], max_new_tokens: int = 48
+) -> dict[str, float]:
+    """Mean greedy-answer ROUGE-L recall of ``model`` on each split."""
+    from sau_compress.evaluation import generate_answers, rouge_l_recall
 
     out = {}
     for name, records in splits.items():
-        answers = generate_answers(model, tokenizer, [r["question"] for r in records], max_new_tokens=48,
+        answers = generate_answers(model, tokenizer, [r["question"] for r in records], max_new_tokens=max_new_tokens,
                                    batch_size=64)
         scores = [rouge_l_recall(a, r["answer"]) for a, r in zip(answers, records, strict=True)]
         out[name] = sum(scores) / len(scores)
     return out
+
+
+def train_world(
+    root: Path,
+    key: str,
+    splits: dict[str, list[dict[str, Any]]],
+    corpus: list[str],
+    config: ToyTrainConfig,
+    seed: int,
+    people: int,
+    meta: dict[str, Any],
+    start: float,
+    desc: str = "",
+    max_new_tokens: int = 48,
+) -> ToyWorld:
+    """Train a world's tokenizer, memorizer (forget+retain) and retain model, score them, save atomically.
+
+    :param root: folder to write (replaced atomically)
+    :param key: cache key stored in ``world.json`` (:func:`load_world` checks it)
+    :param splits: ``forget``, ``retain``, ``holdout`` QA records (written as ``data/<split>.jsonl``)
+    :param corpus: texts the tokenizer is trained on
+    :param config: architecture and training hyperparameters
+    :param seed: seed of initialisation and data order
+    :param people: number of people (or authors) in the world
+    :param meta: extra fields for ``world.json``
+    :param start: ``time.perf_counter()`` when the build started (for ``build_seconds``)
+    :param desc: label prefix for progress bars and logs
+    :param max_new_tokens: longest generated answer when scoring ROUGE-L
+    """
+    from sau_compress.tokenizer import train_bpe_tokenizer
+
+    label = f"{desc} " if desc else ""
+    torch.manual_seed(seed)
+    tokenizer = train_bpe_tokenizer(corpus, vocab_size=config.vocab_size)
+    sizes = {k: len(v) for k, v in splits.items()}
+    logger.info(f"{label}world: {people} people, {sizes} QA records, tokenizer of {len(tokenizer)} tokens")
+    memorizer = train_memorizer(splits["forget"] + splits["retain"], tokenizer, config, seed, f"{label}memorizer")
+    retain_model = train_memorizer(splits["retain"], tokenizer, config, seed, f"{label}retain model")
+    rouge = rouge_by_split(memorizer, tokenizer, splits, max_new_tokens)
+    retain_rouge = rouge_by_split(retain_model, tokenizer, splits, max_new_tokens)
+    parameters = sum(p.numel() for p in memorizer.parameters())
+    build_seconds = time.perf_counter() - start
+    record = {
+        "key": key,
+        "people": people,
+        "seed": seed,
+        "train": asdict(config),
+        "sizes": sizes,
+        **meta,
+        "rouge": rouge,
+        "retain_model_rouge": retain_rouge,
+        "parameters": parameters,
+        "build_seconds": build_seconds,
+        "memorizer_losses": memorizer.train_losses,
+        "retain_model_losses": retain_model.train_losses,
+    }
+    with atomic_output_dir(root, overwrite=True) as tmp:
+        for sub, model in (("model", memorizer), ("retain_model", retain_model)):
+            model.save_pretrained(tmp / sub)
+            tokenizer.save_pretrained(tmp / sub)
+        (tmp / "data").mkdir()
+        for name, rows in splits.items():
+            _write_jsonl(tmp / "data" / f"{name}.jsonl", rows)
+        (tmp / "world.json").write_text(json.dumps(record, indent=2))
+    logger.info(
+        f"{label}world built in {build_seconds:.1f}s at {root}: ROUGE-L recall forget {rouge['forget']:.3f}, "
+        f"retain {rouge['retain']:.3f}, holdout {rouge['holdout']:.3f}"
+    )
+    return ToyWorld(
+        root=root,
+        model_dir=root / "model",
+        retain_model_dir=root / "retain_model",
+        data_dir=root / "data",
+        people=people,
+        seed=seed,
+        rouge=rouge,
+        retain_model_rouge=retain_rouge,
+        parameters=parameters,
+        seconds=time.perf_counter() - start,
+        build_seconds=build_seconds,
+    )
 
 
 def build_toy_world(
@@ -419,7 +506,7 @@ def build_toy_world(
     key = _world_key(people, seed, config)
     root = Path(out).expanduser().absolute() if out is not None else default_world_dir(people, seed, config)
     if not force:
-        cached = _load_world(root, key)
+        cached = load_world(root, key)
         if cached is not None:
             cached.seconds = time.perf_counter() - start
             logger.info(f"toy world found in {root}")
@@ -428,14 +515,11 @@ def build_toy_world(
     if root.exists() and not (root / "world.json").is_file() and any(root.iterdir()):
         raise FileExistsError(f"--out '{root}' exists and does not hold a toy world; choose another folder")
 
-    from sau_compress.tokenizer import train_bpe_tokenizer
-
-    torch.manual_seed(seed)
     world_people = make_people(people, seed)
     records = make_records(world_people, seed)
     split = split_people(world_people, seed)
     splits = {name: [r for r in records if r["person"] in set(names)] for name, names in split.items()}
-    for name, rows in splits.items():
+    for rows in splits.values():
         for i, row in enumerate(rows):
             row["index"] = i
     corpus = []
@@ -443,54 +527,8 @@ def build_toy_world(
         corpus.append(f"Question: {r['question']}\nAnswer: {r['answer']}")
         corpus.append(f"Question: {r['paraphrased_question']}\nAnswer: {r['paraphrased_answer']}")
         corpus.extend(r["perturbed_answer"])
-    tokenizer = train_bpe_tokenizer(corpus, vocab_size=config.vocab_size)
-    logger.info(f"toy world: {people} people, {len(records)} QA records, tokenizer of {len(tokenizer)} tokens")
-
-    memorizer = train_memorizer(splits["forget"] + splits["retain"], tokenizer, config, seed, "memorizer")
-    retain_model = train_memorizer(splits["retain"], tokenizer, config, seed, "retain model")
-    rouge = _rouge_by_split(memorizer, tokenizer, splits)
-    retain_rouge = _rouge_by_split(retain_model, tokenizer, splits)
-    parameters = sum(p.numel() for p in memorizer.parameters())
-    build_seconds = time.perf_counter() - start
-    meta = {
-        "key": key,
-        "version": TOY_VERSION,
-        "people": people,
-        "seed": seed,
-        "train": asdict(config),
-        "splits": split,
-        "rouge": rouge,
-        "retain_model_rouge": retain_rouge,
-        "parameters": parameters,
-        "build_seconds": build_seconds,
-        "memorizer_losses": memorizer.train_losses,
-        "retain_model_losses": retain_model.train_losses,
-    }
-    with atomic_output_dir(root, overwrite=True) as tmp:
-        for sub, model in (("model", memorizer), ("retain_model", retain_model)):
-            model.save_pretrained(tmp / sub)
-            tokenizer.save_pretrained(tmp / sub)
-        (tmp / "data").mkdir()
-        for name, rows in splits.items():
-            _write_jsonl(tmp / "data" / f"{name}.jsonl", rows)
-        (tmp / "world.json").write_text(json.dumps(meta, indent=2))
-    logger.info(
-        f"toy world built in {build_seconds:.1f}s at {root}: ROUGE-L recall forget {rouge['forget']:.3f}, "
-        f"retain {rouge['retain']:.3f}, holdout {rouge['holdout']:.3f}"
-    )
-    return ToyWorld(
-        root=root,
-        model_dir=root / "model",
-        retain_model_dir=root / "retain_model",
-        data_dir=root / "data",
-        people=people,
-        seed=seed,
-        rouge=rouge,
-        retain_model_rouge=retain_rouge,
-        parameters=parameters,
-        seconds=time.perf_counter() - start,
-        build_seconds=build_seconds,
-    )
+    meta = {"version": TOY_VERSION, "splits": split}
+    return train_world(root, key, splits, corpus, config, seed, people, meta, start)
 
 
 #: Words that stand for a bundled model wherever a model path is expected.

@@ -123,3 +123,27 @@ def test_cli_unwritable_out_names_the_path(tmp_path):
     result = CliRunner().invoke(app, ["toy", "build", "--out", str(target)])
     assert result.exit_code == 2
     assert str(target) in result.output.replace("\n", "")
+
+
+def test_small_world_build_writes_and_reloads(tmp_path):
+    from sau_compress.toy import build_toy_world
+
+    cfg = ToyTrainConfig(hidden_size=64, intermediate_size=128, num_layers=1, num_heads=2, vocab_size=400,
+                         epochs=1, batch_size=32, warmup_steps=1)
+    world = build_toy_world(people=MIN_PEOPLE, seed=5, out=tmp_path / "w", config=cfg)
+    assert not world.cached and world.people == MIN_PEOPLE
+    assert set(world.rouge) == {"forget", "retain", "holdout"}
+    assert all(0.0 <= v <= 1.0 for v in world.rouge.values())
+    counts = {s: len((world.data_dir / f"{s}.jsonl").read_text().splitlines()) for s in world.rouge}
+    assert counts == {"forget": 10, "retain": 80, "holdout": 10}
+    for sub in ("model", "retain_model"):
+        assert (world.root / sub / "config.json").is_file() and (world.root / sub / "tokenizer.json").is_file()
+    again = build_toy_world(people=MIN_PEOPLE, seed=5, out=tmp_path / "w", config=cfg)
+    assert again.cached and again.rouge == world.rouge
+    # a folder that holds something else is refused, naming it
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="other"):
+        build_toy_world(people=MIN_PEOPLE, seed=5, out=other, config=cfg)
+    assert (other / "keep.txt").read_text() == "user data"
