@@ -1,0 +1,338 @@
+"""The headline benchmark: SAU against standard unlearning on pruned models, at matched forgetting.
+
+One command reproduces the table in ``docs/results.md``::
+
+    python benchmarks/headline.py                 # the default slice (CPU, about 45 minutes on 2 cores)
+    python benchmarks/headline.py --quick         # a small subset (about 3 minutes), for smoke tests
+    python benchmarks/headline.py --full-matrix --device cuda   # every cell, on a GPU
+
+What runs, for each world (``tofu``: a tiny Llama memorizer of a TOFU subset, ``toy``: the synthetic world);
+which cells the default command runs per world is :data:`FULL_PROFILE` (the whole product is too slow for a
+2-core CPU):
+
+- the memorizer is pruned once per (pruner, structure) with llmcompressor's ``oneshot``:
+  {magnitude, Wanda, SparseGPT} x {50% unstructured, 2:4}, calibrated on retain records; folders cached;
+- every (pruned model, base method, mode, seed) cell unlearns from a fresh load of the pruned folder,
+  base methods {grad_diff, npo, simnpo, grad_ascent}, modes {dense, masked, topk, sau}, one learning rate
+  per method shared by all modes (the "grid" is that one point per method; see ``--lr``);
+- **matched forgetting**: every ``--check-every`` steps the forget questions are answered greedily; the run
+  stops as soon as forget ROUGE-L recall <= the memorizer's ROUGE-L recall on holdout people/authors it never
+  saw (the target), or at ``--max-steps`` (then the cell is reported as not reached). Utility, forget quality
+  and the aggregate are measured at that point, with the steps it took. A fixed step budget would favour
+  modes that move fewer weights (they forget less and keep more); matching the forgetting removes that;
+- the unpruned memorizer with the same methods (mode dense), and *unlearn then sparsify*: each unpruned
+  unlearned model pruned with every (pruner, structure), no further training;
+- a topk_ratio {0.1, 0.3, 0.5} x alpha {0.05, 0.1, 0.2} sweep of SAU on one setting;
+- seeds (the data order) 0..N-1; runs are appended to ``headline_runs.jsonl`` as they finish and a rerun
+  skips runs already there (``--fresh`` starts over).
+
+Per run: forget quality (KS p-value of forget truth ratios against the retain model), model utility
+(harmonic mean of retain probability, ROUGE-L and truth ratio), forget ROUGE-L recall, the aggregate
+(:func:`headline_core.aggregate_score`), steps to target, training wall time (forgetting checks excluded),
+peak memory (CUDA: max allocated; CPU: the training state the loop holds).
+
+Outputs in ``--out`` (default ``docs``): ``headline_runs.jsonl``, ``headline_meta.json``,
+``headline_table.md``, ``plots/headline_<world>.png``, ``plots/headline_sweep_<world>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import headline_core as core  # noqa: E402
+import headline_report as report  # noqa: E402
+
+#: learning rate per base method (AdamW), the same for every mode of that method
+DEFAULT_LR = {"grad_diff": 1e-3, "npo": 2e-3, "simnpo": 2e-3, "grad_ascent": 1e-3}
+SWEEP_TOPK = (0.1, 0.3, 0.5)
+SWEEP_ALPHA = (0.05, 0.1, 0.2)
+
+
+def _settings(pruners: list[str], structures: list[str]) -> list[tuple[str, str]]:
+    return [(p, s) for p in pruners for s in structures]
+
+
+def _parse_lr(items: list[str] | None) -> dict[str, float]:
+    lrs = dict(DEFAULT_LR)
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"--lr expects METHOD=VALUE, got '{item}'")
+        method, value = item.split("=", 1)
+        if method not in lrs:
+            raise SystemExit(f"--lr: unknown method '{method}'; choose from {list(lrs)}")
+        lrs[method] = float(value)
+    return lrs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true",
+                   help="small subset: toy world, grad_diff on SparseGPT 2:4 and magnitude 50%%, 1 seed")
+    p.add_argument("--worlds", default=None, help="comma list of worlds (default: tofu,toy; quick: toy)")
+    p.add_argument("--pruners", default=None, help="comma list of magnitude,wanda,sparsegpt")
+    p.add_argument("--structures", default=None, help="comma list of 50%%,2:4")
+    p.add_argument("--methods", default=None, help="comma list of grad_diff,npo,simnpo,grad_ascent")
+    p.add_argument("--modes", default=None, help="comma list of dense,masked,topk,sau (default: per world)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; quick 1)")
+    p.add_argument("--lr", action="append", help="METHOD=LR (repeatable); defaults: %s" % DEFAULT_LR)
+    p.add_argument("--max-steps", type=int, default=None, help="step cap per run (default: toy 120, tofu 80)")
+    p.add_argument("--check-every", type=int, default=3, help="steps between forgetting checks")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--retain-eval", type=int, default=40, help="retain records for model utility")
+    p.add_argument("--no-sweep", action="store_true", help="skip the topk_ratio x alpha sweep")
+    p.add_argument("--no-uts", action="store_true", help="skip unlearn-then-sparsify")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--out", default=None, help="output folder (default: docs; quick: <cache>/headline/quick)")
+    p.add_argument("--work", default=None, help="cache of pruned folders (default: <cache>/headline)")
+    p.add_argument("--tofu-dir", default=None, help="TOFU data folder (default: $SAU_COMPRESS_TOFU_DIR or "
+                                                   "../shared/data/tofu)")
+    p.add_argument("--fresh", action="store_true", help="ignore runs already recorded in the output")
+    p.add_argument("--json", action="store_true", help="print the comparison rows as JSON at the end")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worlds run in parallel processes (default: 2 on CPU with several worlds, else 1)")
+    p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--full-matrix", action="store_true",
+                   help="every pruner x structure x method x mode in every world (GPU-sized)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="start at this seed (to share seeds between processes appending to the same output)")
+    p.add_argument("--sweep-seeds", type=int, default=1, help="seeds of the topk_ratio x alpha sweep")
+    return p
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+#: What each world runs when no flag narrows it, sized so that the full command fits about 45 minutes on 2
+#: CPU cores shared with other work (measured: ~3 toy runs and ~1.4 TOFU runs per minute with the two worlds
+#: in parallel). ``cells``: base method -> the pruning settings it runs on.
+#: - toy: grad_diff on every pruner x structure; npo, simnpo and grad_ascent on SparseGPT 2:4; modes
+#:   dense/topk/sau. ``masked`` follows the same trajectory as ``dense`` (elementwise AdamW, no clipping; see
+#:   DESIGN.md), which the TOFU world shows run by run.
+#: - tofu (3-4x longer sequences): grad_diff on every pruner at 2:4, all four modes.
+#: ``--full-matrix`` runs every pruner x structure x method x mode in both worlds (a GPU-sized job); any of
+#: --pruners/--structures/--methods also switches to the rectangular product of the given lists.
+_ALL_SETTINGS = [(p, s) for p in core.PRUNERS for s in core.STRUCTURES]
+FULL_PROFILE: dict[str, dict[str, Any]] = {
+    "toy": {"modes": ["dense", "topk", "sau"],
+            "cells": {"grad_diff": _ALL_SETTINGS, "npo": [("sparsegpt", "2:4")], "simnpo": [("sparsegpt", "2:4")],
+                      "grad_ascent": [("sparsegpt", "2:4")]}},
+    "tofu": {"modes": list(core.MODES),
+             "cells": {"grad_diff": [(p, "2:4") for p in core.PRUNERS]}},
+}
+QUICK_PROFILE: dict[str, dict[str, Any]] = {
+    "toy": {"modes": list(core.MODES),
+            "cells": {"grad_diff": [("sparsegpt", "2:4"), ("magnitude", "50%")]}},
+    "tofu": {"modes": list(core.MODES), "cells": {"grad_diff": [("sparsegpt", "2:4")]}},
+}
+#: the sweep's setting per world (SAU mode); the full run sweeps the toy world only (``SWEEP_WORLDS``)
+SWEEP_SETTING = {"toy": ("sparsegpt 2:4", "grad_diff"), "tofu": ("sparsegpt 2:4", "grad_diff")}
+SWEEP_WORLDS = ("toy",)
+
+
+def _plan(args: argparse.Namespace, world: str) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+    """({method: settings}, modes) for ``world`` from the profile and the flags."""
+    profile = (QUICK_PROFILE if args.quick else FULL_PROFILE)[world]
+    pruners, structures, methods = _csv(args.pruners), _csv(args.structures), _csv(args.methods)
+    if args.full_matrix or pruners or structures or methods:
+        settings = [(p, s) for p in (pruners or core.PRUNERS) for s in (structures or core.STRUCTURES)]
+        cells = {m: settings for m in (methods or core.METHODS)}
+    else:
+        cells = {m: list(v) for m, v in profile["cells"].items()}
+    modes = _csv(args.modes) or (list(core.MODES) if args.full_matrix else list(profile["modes"]))
+    for name, values, allowed in (("--pruners", [p for v in cells.values() for p, _ in v], core.PRUNERS),
+                                  ("--structures", [s for v in cells.values() for _, s in v], core.STRUCTURES),
+                                  ("--methods", list(cells), core.METHODS), ("--modes", modes, core.MODES)):
+        bad = sorted({v for v in values if v not in allowed})
+        if bad:
+            raise SystemExit(f"{name}: unknown {bad}; choose from {list(allowed)}")
+    return cells, modes
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by an interrupted run: that run is redone
+            continue
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from loguru import logger
+
+    logger.remove()
+    noisy = ("sau_compress", "llmcompressor", "compressed_tensors")
+    logger.add(sys.stderr, level="INFO",
+               filter=lambda r: r["level"].no >= 30 or not (r["name"] or "").startswith(noisy))
+
+    quick = args.quick
+    worlds = _csv(args.worlds) or (["toy"] if quick else ["tofu", "toy"])
+    bad = [w for w in worlds if w not in ("tofu", "toy")]
+    if bad:
+        raise SystemExit(f"--worlds: unknown {bad}; choose from ['tofu', 'toy']")
+    bad = [m for m in (_csv(args.modes) or []) if m not in core.MODES]
+    if bad:
+        raise SystemExit(f"--modes: unknown {bad}; choose from {list(core.MODES)}")
+    seeds = list(range(args.first_seed, args.seeds if args.seeds is not None else (1 if quick else 3)))
+    lrs = _parse_lr(args.lr)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out) if args.out else (core.default_work_dir() / "quick" if quick else Path("docs"))
+    work = Path(args.work) if args.work else core.default_work_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    runs_path = out / "headline_runs.jsonl"
+    if args.fresh:
+        runs_path.unlink(missing_ok=True)
+        for old in out.glob("headline_meta_*.json"):
+            old.unlink()
+        argv = [a for a in argv if a != "--fresh"]
+    jobs = args.jobs if args.jobs is not None else (2 if device == "cpu" and len(worlds) > 1 else 1)
+    started = time.perf_counter()
+    if jobs > 1 and len(worlds) > 1:
+        # one process per world (tiny models do not scale with threads; two 1-thread processes do)
+        import subprocess
+
+        base = [a for a in argv if not a.startswith("--worlds") and not a.startswith("--jobs")]
+        base = [a for i, a in enumerate(base) if not (i > 0 and base[i - 1] in ("--worlds", "--jobs"))]
+        procs = [subprocess.Popen([sys.executable, __file__, *base, "--worlds", w, "--jobs", "1", "--threads",
+                                   str(max(1, args.threads // jobs)), "--no-report", "--out", str(out)])
+                 for w in worlds]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise SystemExit(f"a world's process failed (exit codes {codes})")
+    else:
+        for world in worlds:
+            _run_world(args, world, seeds, lrs, device, out, work, quick)
+    if args.no_report:
+        return 0
+    records = _read_records(runs_path)
+    metas = [json.loads((out / f"headline_meta_{w}.json").read_text()) for w in worlds
+             if (out / f"headline_meta_{w}.json").is_file()]
+    meta = {
+        "command": "python benchmarks/headline.py " + " ".join(shlex.quote(a) for a in argv),
+        "seeds": seeds, "device": device, "threads": args.threads, "jobs": jobs,
+        "learning_rates": lrs, "batch_size": args.batch_size, "check_every": args.check_every,
+        "worlds": [m["world"] for m in metas], "starts": [s for m in metas for s in m["starts"]],
+        "plans": {m["world"]["world"]: m["plan"] for m in metas},
+        "wall_seconds": time.perf_counter() - started,
+    }
+    (out / "headline_meta.json").write_text(json.dumps(meta, indent=2))
+    sweeps = [(w, *SWEEP_SETTING[w]) for w in worlds if not args.no_sweep and (quick or w in SWEEP_WORLDS)]
+    text = report.render_markdown(records, meta, sweeps)
+    (out / "headline_table.md").write_text(text)
+    for wname in worlds:
+        report.plot_tradeoffs(records, wname, out / "plots" / f"headline_{wname}.png")
+    for sw in sweeps:
+        report.plot_sweep(records, sw, out / "plots" / f"headline_sweep_{sw[0]}.png")
+    sys.stdout.write(text)
+    if args.json:
+        sys.stdout.write(json.dumps(report.comparison_rows(records)) + "\n")
+    return 0
+
+
+def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict[str, float], device: str,
+               out: Path, work: Path, quick: bool) -> None:
+    """Every run of one world, appended to ``headline_runs.jsonl``; runs already there are skipped."""
+    runs_path = out / "headline_runs.jsonl"
+    done = {r["key"]: r for r in _read_records(runs_path)}
+    cells, modes = _plan(args, wname)
+    settings = sorted({st for v in cells.values() for st in v})
+    max_steps = args.max_steps or (120 if wname == "toy" else 80)
+
+    def record(rec: dict[str, Any]) -> dict[str, Any]:
+        done[rec["key"]] = rec
+        with runs_path.open("a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        core_log(rec)
+        return rec
+
+    w = core.load_world(wname, args.retain_eval, device, args.tofu_dir)
+    meta_path = out / f"headline_meta_{wname}.json"
+    known = {s["setting"]: s for s in json.loads(meta_path.read_text())["starts"]} if meta_path.is_file() else {}
+    starts = [known.get("unpruned") or {"world": wname, "setting": "unpruned",
+                                        **core.evaluate_model(core_load(w.model_dir, device), w)}]
+    for pruner, structure in settings:
+        folder = core.pruned_dir(w, pruner, structure, work)
+        name = f"{pruner} {structure}"
+        starts.append(known.get(name) or {"world": wname, "setting": name,
+                                          **core.evaluate_model(core_load(folder, device), w)})
+    sweep_grid: list[tuple[float, float]] = []
+    if not args.no_sweep and (quick or wname in SWEEP_WORLDS):
+        sweep_grid = [(0.1, 0.1), (0.5, 0.1)] if quick else [(k, a) for k in SWEEP_TOPK for a in SWEEP_ALPHA]
+    plan = {"cells": {m: [f"{p} {s}" for p, s in v] for m, v in cells.items()}, "modes": modes, "seeds": seeds,
+            "max_steps": max_steps, "sweep": None if not sweep_grid else {
+                "setting": SWEEP_SETTING[wname], "grid": sweep_grid}}
+    meta_path.write_text(
+        json.dumps({"world": w.describe(), "starts": starts, "plan": plan}, indent=2))
+
+    def run(spec: core.RunSpec, folder: Path, keep: bool = False) -> tuple[dict[str, Any], Any]:
+        return core.run_unlearning(spec, w, folder, max_steps, args.check_every, args.batch_size, device, keep)
+
+    for seed in seeds:
+        for method, msettings in cells.items():
+            spec = core.RunSpec(wname, "matrix", "unpruned", method, "dense", seed, lrs[method])
+            uts_keys = [] if args.no_uts else [f"uts|{spec.key()}|{p} {s}" for p, s in msettings]
+            need_uts = any(k not in done for k in uts_keys)
+            if spec.key() not in done or need_uts:
+                rec, model = run(spec, w.model_dir, keep=need_uts)
+                rec = done[spec.key()] if spec.key() in done else record(rec)
+                for (p, s), key in zip(msettings, uts_keys, strict=False):
+                    if key not in done:
+                        record(core.unlearn_then_sparsify(model, w, rec, p, s))
+                del model
+            for pruner, structure in msettings:
+                folder = core.pruned_dir(w, pruner, structure, work)
+                for mode in modes:
+                    spec = core.RunSpec(wname, "matrix", f"{pruner} {structure}", method, mode, seed, lrs[method])
+                    if spec.key() not in done:
+                        record(run(spec, folder)[0])
+        if sweep_grid and seed < args.sweep_seeds:
+            setting, method = SWEEP_SETTING[wname]
+            pruner, structure = setting.split(" ")
+            folder = core.pruned_dir(w, pruner, structure, work)
+            for k, a in sweep_grid:
+                spec = core.RunSpec(wname, "sweep", setting, method, "sau", seed, lrs[method], k, a)
+                twin = core.RunSpec(wname, "matrix", setting, method, "sau", seed, lrs[method], k, a)
+                if spec.key() not in done and twin.key() not in done:
+                    record(run(spec, folder)[0])
+
+
+def core_load(folder: Path, device: str) -> torch.nn.Module:
+    from sau_compress.export import load_model
+
+    return load_model(folder).to(device).eval()
+
+
+def core_log(rec: dict[str, Any]) -> None:
+    from loguru import logger
+
+    fq = rec.get("forget_quality")
+    logger.info(
+        f"[{rec['world']}] {rec['setting']} {rec['method']} {rec['mode']} seed {rec['seed']}: "
+        f"steps {rec['steps']} reached {rec['reached']} forget ROUGE {rec['forget_rouge']:.3f} "
+        f"FQ {fq if fq is None else f'{fq:.3g}'} MU {rec['model_utility']:.3f} agg {rec['aggregate']}",
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,434 @@
+"""The headline benchmark's machinery: worlds, cached pruning, matched-forgetting runs, evaluation.
+
+Used by ``benchmarks/headline.py`` (the command); see that file for what is measured and why.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from loguru import logger
+
+from sau_compress.data import load_qa, tokenize_records
+from sau_compress.io import atomic_output_dir, cache_dir
+
+__all__ = [
+    "FQ_DECADES",
+    "METHODS",
+    "MODES",
+    "PRUNERS",
+    "STRUCTURES",
+    "RunSpec",
+    "World",
+    "aggregate_score",
+    "evaluate_model",
+    "forget_rouge",
+    "load_world",
+    "prune",
+    "pruned_dir",
+    "run_unlearning",
+    "unlearn_then_sparsify",
+]
+
+PRUNERS = ("magnitude", "wanda", "sparsegpt")
+#: structure label -> ``mask_structure`` as llmcompressor spells it for SparseGPT/Wanda
+STRUCTURES = {"50%": "0:0", "2:4": "2:4"}
+METHODS = ("grad_diff", "npo", "simnpo", "grad_ascent")
+MODES = ("dense", "masked", "topk", "sau")
+#: forget quality is a KS p-value; its log-scaled score reaches 0 at this many decades below 1 (two fully
+#: separated samples of 40 truth ratios give p ~ 1e-20)
+FQ_DECADES = 20.0
+#: bump when pruning changes (part of the pruned-folder cache key)
+PRUNE_VERSION = 1
+
+
+@dataclass
+class World:
+    """A benchmark world: model folders, QA sets, tokenizer, forgetting target and retain-model reference.
+
+    :ivar target: forgetting target, the memorizer's ROUGE-L recall on the holdout set (people/authors it
+        never saw): a model that has forgotten should answer forget questions no better than unseen ones
+    :ivar reference: the retain model's ``forget_truth_ratio`` result (the reference of forget quality)
+    """
+
+    name: str
+    root: Path
+    model_dir: Path
+    retain_model_dir: Path
+    forget: list[dict[str, Any]]
+    retain: list[dict[str, Any]]
+    holdout: list[dict[str, Any]]
+    retain_eval: list[dict[str, Any]]
+    tokenizer: Any
+    max_new_tokens: int
+    parameters: int = 0
+    target: float = 0.0
+    reference: dict[str, Any] = field(default_factory=dict)
+    memorizer_rouge: dict[str, float] = field(default_factory=dict)
+    retain_model_rouge: dict[str, float] = field(default_factory=dict)
+    forget_items: list[dict[str, Any]] = field(default_factory=list)
+    retain_items: list[dict[str, Any]] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary of the world's scale."""
+        return {
+            "world": self.name,
+            "root": str(self.root),
+            "parameters": self.parameters,
+            "forget": len(self.forget),
+            "retain": len(self.retain),
+            "retain_eval": len(self.retain_eval),
+            "holdout": len(self.holdout),
+            "target_forget_rouge": self.target,
+            "memorizer_rouge": self.memorizer_rouge,
+            "retain_model_rouge": self.retain_model_rouge,
+            "max_new_tokens": self.max_new_tokens,
+        }
+
+
+def default_tofu_dir() -> Path:
+    """``$SAU_COMPRESS_TOFU_DIR``, else ``../shared/data/tofu`` beside the repository."""
+    env = os.environ.get("SAU_COMPRESS_TOFU_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
+
+
+def _evenly(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    if n >= len(records):
+        return list(records)
+    step = len(records) / n
+    return [records[int(i * step)] for i in range(n)]
+
+
+def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = None) -> World:
+    """Build or reuse a world, measure its forgetting target and the retain model's reference.
+
+    :param name: ``toy`` (:func:`sau_compress.toy.build_toy_world`) or ``tofu``
+        (:func:`sau_compress.tofu_world.build_tofu_world`)
+    :param retain_eval: retain records used for model utility (evenly spaced: every person/author counts)
+    :param device: where the reference evaluations run
+    :param tofu_dir: TOFU folder (default :func:`default_tofu_dir`)
+    :raises ValueError: unknown world
+    """
+    from transformers import AutoTokenizer
+
+    from sau_compress.export import load_model
+
+    if name == "toy":
+        from sau_compress.toy import build_toy_world
+
+        built = build_toy_world()
+        max_new_tokens = 32
+    elif name == "tofu":
+        from sau_compress.tofu_world import build_tofu_world
+
+        built = build_tofu_world(tofu_dir or default_tofu_dir())
+        max_new_tokens = 64
+    else:
+        raise ValueError(f"unknown world '{name}'; choose from ['toy', 'tofu']")
+    tokenizer = AutoTokenizer.from_pretrained(str(built.model_dir))
+    sets = {s: load_qa(str(built.data_dir / f"{s}.jsonl")) for s in ("forget", "retain", "holdout")}
+    world = World(
+        name=name,
+        root=built.root,
+        model_dir=built.model_dir,
+        retain_model_dir=built.retain_model_dir,
+        forget=sets["forget"],
+        retain=sets["retain"],
+        holdout=sets["holdout"],
+        retain_eval=_evenly(sets["retain"], retain_eval),
+        tokenizer=tokenizer,
+        max_new_tokens=max_new_tokens,
+        parameters=built.parameters,
+        memorizer_rouge=dict(built.rouge),
+        retain_model_rouge=dict(built.retain_model_rouge),
+    )
+    world.forget_items = tokenize_records(tokenizer, world.forget, max_length=256)
+    world.retain_items = tokenize_records(tokenizer, world.retain, max_length=256)
+    memorizer = load_model(built.model_dir).to(device).eval()
+    world.target = forget_rouge(memorizer, world, world.holdout)
+    retain_model = load_model(built.retain_model_dir).to(device).eval()
+    from sau_compress.evaluation import evaluate
+
+    ref = evaluate(retain_model, tokenizer, "toy", datasets=_eval_sets(world), metrics=["forget_truth_ratio"],
+                   batch_size=64, max_new_tokens=max_new_tokens)
+    world.reference = {"forget_truth_ratio": ref["forget_truth_ratio"]}
+    logger.info(f"world {name}: target forget ROUGE-L recall <= {world.target:.4f} (memorizer on holdout)")
+    return world
+
+
+def _eval_sets(world: World) -> dict[str, list[dict[str, Any]]]:
+    return {"forget": world.forget, "retain": world.retain_eval, "holdout": world.holdout}
+
+
+@torch.no_grad()
+def forget_rouge(model: torch.nn.Module, world: World, records: list[dict[str, Any]] | None = None) -> float:
+    """Mean ROUGE-L recall of greedy answers to ``records`` (default: the forget set)."""
+    from sau_compress.evaluation import generate_answers, rouge_l_recall
+
+    records = world.forget if records is None else records
+    was_training = model.training
+    model.eval()
+    answers = generate_answers(model, world.tokenizer, [r["question"] for r in records],
+                               max_new_tokens=world.max_new_tokens, batch_size=64)
+    model.train(was_training)
+    return sum(rouge_l_recall(a, r["answer"]) for a, r in zip(answers, records, strict=True)) / len(records)
+
+
+def aggregate_score(model_utility: float | None, forget_quality: float | None) -> float | None:
+    """The benchmark's single number: harmonic mean of model utility and log-scaled forget quality.
+
+    ``fq_score = clip(1 + log10(forget_quality) / FQ_DECADES, 0, 1)``: 1 when the forget truth ratios are
+    indistinguishable from the retain model's (p = 1), 0.935 at p = 0.05, 0.5 at p = 1e-10, 0 at complete
+    separation. Both parts are in [0, 1]; the harmonic mean is high only when both are.
+    """
+    if model_utility is None or forget_quality is None or not math.isfinite(model_utility):
+        return None
+    fq_score = min(1.0, max(0.0, 1.0 + math.log10(max(forget_quality, 1e-300)) / FQ_DECADES))
+    if fq_score <= 0.0 or model_utility <= 0.0:
+        return 0.0
+    return 2.0 * model_utility * fq_score / (model_utility + fq_score)
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, world: World) -> dict[str, Any]:
+    """Forget quality (KS vs the retain model), model utility (retain set), ROUGE-L recalls, aggregate."""
+    from sau_compress.evaluation import evaluate
+
+    model.eval()
+    res = evaluate(model, world.tokenizer, "toy", datasets=_eval_sets(world),
+                   metrics=["forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE"],
+                   batch_size=64, max_new_tokens=world.max_new_tokens, reference=world.reference)
+    out = {
+        "forget_quality": res["forget_quality"]["agg_value"],
+        "model_utility": res["model_utility"]["agg_value"],
+        "forget_rouge": res["forget_Q_A_ROUGE"]["agg_value"],
+        "retain_rouge": res["retain_Q_A_ROUGE"]["agg_value"],
+    }
+    out["aggregate"] = aggregate_score(out["model_utility"], out["forget_quality"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ pruning
+
+
+def _calibration(world: World, n: int = 64) -> Any:
+    from datasets import Dataset
+
+    items = tokenize_records(world.tokenizer, _evenly(world.retain, n), max_length=256)
+    return Dataset.from_dict({"input_ids": [it["input_ids"] for it in items],
+                              "attention_mask": [[1] * len(it["input_ids"]) for it in items]})
+
+
+def _pruner(method: str, structure: str) -> Any:
+    if structure not in STRUCTURES:
+        raise ValueError(f"unknown structure '{structure}'; choose from {list(STRUCTURES)}")
+    mask = STRUCTURES[structure]
+    ignore = ["re:.*lm_head"]
+    if method == "magnitude":
+        from sau_compress.modifier import OneShotMagnitudePruningModifier
+
+        return OneShotMagnitudePruningModifier(
+            sparsity=0.5, mask_structure="unstructured" if mask == "0:0" else mask, ignore=ignore
+        )
+    if method == "wanda":
+        from llmcompressor.modifiers.pruning import WandaPruningModifier
+
+        return WandaPruningModifier(sparsity=0.5, mask_structure=mask, targets=["Linear"], ignore=ignore)
+    if method == "sparsegpt":
+        from llmcompressor.modifiers.obcq import SparseGPTModifier
+
+        return SparseGPTModifier(sparsity=0.5, mask_structure=mask, targets=["Linear"], ignore=ignore)
+    raise ValueError(f"unknown pruning method '{method}'; choose from {list(PRUNERS)}")
+
+
+def prune(model: torch.nn.Module, world: World, method: str, structure: str) -> torch.nn.Module:
+    """Prune ``model`` in place with llmcompressor's ``oneshot`` (calibration: 64 retain records).
+
+    ``model`` must carry a ``name_or_path`` that oneshot can re-read (a model loaded from a folder).
+    """
+    from compressed_tensors.offload import remove_dispatch
+    from llmcompressor import oneshot
+
+    dataset = _calibration(world)
+    oneshot(model=model, processor=world.tokenizer, recipe=[_pruner(method, structure)], dataset=dataset,
+            num_calibration_samples=len(dataset), max_seq_length=256, shuffle_calibration_samples=False,
+            pipeline="independent")
+    remove_dispatch(model)
+    return model
+
+
+def pruned_dir(world: World, method: str, structure: str, work: Path) -> Path:
+    """The folder of the memorizer pruned by (``method``, ``structure``): pruned once, then reused."""
+    key = hashlib.sha256(f"{PRUNE_VERSION}-{world.root}-{method}-{structure}".encode()).hexdigest()[:10]
+    out = work / "pruned" / f"{world.name}-{method}-{structure.replace('%', 'pct').replace(':', 'of')}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    from sau_compress.export import load_model
+
+    start = time.perf_counter()
+    model = load_model(world.model_dir)
+    prune(model, world, method, structure)
+    with atomic_output_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        world.tokenizer.save_pretrained(tmp)
+        (tmp / "prune.json").write_text(json.dumps({"method": method, "structure": structure,
+                                                    "seconds": time.perf_counter() - start}))
+    logger.info(f"pruned {world.name} with {method} {structure} in {time.perf_counter() - start:.1f}s -> {out}")
+    return out
+
+
+def default_work_dir() -> Path:
+    """Where pruned folders are cached: ``<cache>/headline``."""
+    return cache_dir() / "headline"
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One unlearning run. ``setting`` is ``unpruned`` or ``<pruner> <structure>``."""
+
+    world: str
+    kind: str  # "matrix" | "sweep"
+    setting: str
+    method: str
+    mode: str
+    seed: int
+    learning_rate: float
+    topk_ratio: float = 0.3
+    alpha: float = 0.1
+
+    def key(self) -> str:
+        return (f"{self.world}|{self.setting}|{self.method}|{self.mode}|{self.seed}|{self.learning_rate:g}|"
+                f"{self.topk_ratio:g}|{self.alpha:g}")
+
+
+def _retain_weight(method: str) -> float:
+    return 0.0 if method == "grad_ascent" else 1.0
+
+
+def run_unlearning(
+    spec: RunSpec,
+    world: World,
+    model_dir: Path,
+    max_steps: int,
+    check_every: int,
+    batch_size: int,
+    device: str,
+    keep_model: bool = False,
+) -> tuple[dict[str, Any], torch.nn.Module | None]:
+    """Unlearn from a fresh load of ``model_dir`` until forget ROUGE-L recall <= the world's target.
+
+    The forgetting check (greedy answers to the forget questions) runs every ``check_every`` steps; its
+    time is measured and subtracted from the training wall time.
+
+    :return: the run's record, and the model when ``keep_model``
+    """
+    from sau_compress.export import load_model
+    from sau_compress.unlearn import UnlearnConfig, unlearn
+
+    model = load_model(model_dir)
+    start_rouge = forget_rouge(model.to(device), world)
+    checks: list[tuple[int, float]] = [(0, start_rouge)]
+    check_seconds = 0.0
+
+    def callback(step: int, net: torch.nn.Module) -> bool:
+        nonlocal check_seconds
+        if step % check_every:
+            return False
+        t = time.perf_counter()
+        value = forget_rouge(net, world)
+        check_seconds += time.perf_counter() - t
+        checks.append((step, value))
+        return value <= world.target
+
+    config = UnlearnConfig(
+        method=spec.method, mode=spec.mode, topk_ratio=spec.topk_ratio, alpha=spec.alpha,
+        learning_rate=spec.learning_rate, max_steps=max_steps, batch_size=batch_size,
+        retain_weight=_retain_weight(spec.method), seed=spec.seed, device=device, progress=False,
+    )
+    reached_at_start = start_rouge <= world.target
+    if reached_at_start:
+        result = None
+    else:
+        result = unlearn(model, world.forget_items, world.retain_items, config,
+                         pad_token_id=world.tokenizer.pad_token_id, callback=callback)
+    model.to(device)
+    t = time.perf_counter()
+    metrics = evaluate_model(model, world)
+    eval_seconds = time.perf_counter() - t
+    steps = 0 if result is None else result.steps
+    reached = reached_at_start or (result is not None and checks[-1][0] == steps and checks[-1][1] <= world.target)
+    train_seconds = 0.0 if result is None else max(0.0, result.seconds - check_seconds)
+    record = {
+        "key": spec.key(),
+        "world": spec.world,
+        "kind": spec.kind,
+        "setting": spec.setting,
+        "method": spec.method,
+        "mode": spec.mode,
+        "seed": spec.seed,
+        "learning_rate": spec.learning_rate,
+        "topk_ratio": spec.topk_ratio,
+        "alpha": spec.alpha,
+        "start_forget_rouge": start_rouge,
+        "target": world.target,
+        "reached": bool(reached),
+        "steps": steps,
+        "checks": checks,
+        "train_seconds": train_seconds,
+        "seconds_per_step": train_seconds / steps if steps else None,
+        "saliency_seconds": 0.0 if result is None else result.saliency_seconds,
+        "check_seconds": check_seconds,
+        "eval_seconds": eval_seconds,
+        "peak_memory_bytes": 0 if result is None else result.peak_memory_bytes,
+        "memory_measure": None if result is None else result.memory_measure,
+        "optimizer_state_bytes": 0 if result is None else result.optimizer_state_bytes,
+        "pattern_preserved": True if result is None else result.pattern_preserved,
+        "device": device,
+        **metrics,
+    }
+    if not keep_model:
+        del model
+        gc.collect()
+        return record, None
+    return record, model
+
+
+def unlearn_then_sparsify(
+    model: torch.nn.Module, world: World, base: dict[str, Any], pruner: str, structure: str
+) -> dict[str, Any]:
+    """Prune an already unlearned dense model (a copy) and evaluate it: the order SAU argues against."""
+    import copy
+
+    net = copy.deepcopy(model).cpu()
+    start = time.perf_counter()
+    prune(net, world, pruner, structure)
+    prune_seconds = time.perf_counter() - start
+    metrics = evaluate_model(net.to(base["device"]), world)
+    del net
+    gc.collect()
+    return {
+        **{k: base[k] for k in ("world", "method", "seed", "learning_rate", "steps", "reached", "train_seconds",
+                                "seconds_per_step", "peak_memory_bytes", "optimizer_state_bytes", "device",
+                                "target")},
+        "key": f"uts|{base['key']}|{pruner} {structure}",
+        "kind": "unlearn_then_sparsify",
+        "setting": f"{pruner} {structure}",
+        "mode": "unlearn→prune",
+        "topk_ratio": None,
+        "alpha": None,
+        "prune_seconds": prune_seconds,
+        "dense_forget_rouge": base["forget_rouge"],
+        **metrics,
+    }

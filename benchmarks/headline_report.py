@@ -1,0 +1,284 @@
+"""Tables and plots of the headline benchmark (from the runs' JSONL records)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TABLE_COLUMNS", "comparison_rows", "group_rows", "plot_tradeoffs", "plot_sweep", "render_markdown"]
+
+#: columns of the main table (one row per world, setting, method and mode; mean ± std over seeds)
+TABLE_COLUMNS = (
+    "world", "setting", "method", "mode", "runs", "reached", "steps", "forget ROUGE-L", "log10 FQ",
+    "model utility", "aggregate", "train s", "s/step", "peak MiB",
+)
+MODE_ORDER = {"dense": 0, "masked": 1, "topk": 2, "sau": 3, "unlearn→prune": 4}
+
+
+def _mean_std(values: Iterable[float | None], digits: int = 3) -> str:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return "–"
+    mean = statistics.fmean(vals)
+    if len(vals) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def _log_fq(fq: float | None) -> float | None:
+    return None if fq is None else math.log10(max(fq, 1e-300))
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(vals) if vals else None
+
+
+def _groups(records: Sequence[dict[str, Any]], kinds: Sequence[str]) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r["kind"] in kinds:
+            groups[(r["world"], r["setting"], r["method"], r["mode"])].append(r)
+    return groups
+
+
+def _setting_order(setting: str) -> tuple:
+    return (setting != "unpruned", setting)
+
+
+def group_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """Main-table rows: matrix runs and unlearn-then-sparsify, mean ± std over seeds."""
+    rows = []
+    groups = _groups(records, ("matrix", "unlearn_then_sparsify"))
+    for (world, setting, method, mode), runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], _setting_order(kv[0][1]), kv[0][2], MODE_ORDER.get(kv[0][3], 9))
+    ):
+        rows.append({
+            "world": world,
+            "setting": setting,
+            "method": method,
+            "mode": mode,
+            "runs": str(len(runs)),
+            "reached": f"{sum(r['reached'] for r in runs)}/{len(runs)}",
+            "steps": _mean_std([r["steps"] for r in runs], 1),
+            "forget ROUGE-L": _mean_std([r["forget_rouge"] for r in runs]),
+            "log10 FQ": _mean_std([_log_fq(r["forget_quality"]) for r in runs], 2),
+            "model utility": _mean_std([r["model_utility"] for r in runs]),
+            "aggregate": _mean_std([r["aggregate"] for r in runs]),
+            "train s": _mean_std([r["train_seconds"] for r in runs], 2),
+            "s/step": _mean_std([r["seconds_per_step"] for r in runs], 3),
+            "peak MiB": _mean_std([r["peak_memory_bytes"] / 2**20 for r in runs], 2),
+        })
+    return rows
+
+
+COMPARISON_COLUMNS = (
+    "world", "pruner", "method", "Δ log10 FQ (sau−dense)", "Δ utility", "Δ aggregate", "sau steps / dense",
+    "sau time / dense", "sau memory / dense", "sau reached", "dense reached",
+)
+
+
+def _diff(a_runs: list[dict[str, Any]], b_runs: list[dict[str, Any]], key: str, f: Any = None) -> str:
+    f = f or (lambda x: x)
+    a, b = _mean([f(r[key]) for r in a_runs]), _mean([f(r[key]) for r in b_runs])
+    return "–" if a is None or b is None else f"{a - b:+.3f}"
+
+
+def _ratio(a_runs: list[dict[str, Any]], b_runs: list[dict[str, Any]], key: str) -> str:
+    a, b = _mean([r[key] for r in a_runs]), _mean([r[key] for r in b_runs])
+    return "–" if a is None or not b else f"{a / b:.2f}"
+
+
+def comparison_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """SAU against the ``dense`` baseline per world, pruning method and base method (both structures pooled;
+    differences of per-cell means, pooled over structures and seeds)."""
+    per: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r["kind"] != "matrix" or r["setting"] == "unpruned" or r["mode"] not in ("sau", "dense"):
+            continue
+        pruner = r["setting"].split(" ")[0]
+        per[(r["world"], pruner, r["method"])][r["mode"]].append(r)
+    rows = []
+    for (world, pruner, method), by_mode in sorted(per.items()):
+        sau, dense = by_mode.get("sau", []), by_mode.get("dense", [])
+        if not sau or not dense:
+            continue
+
+        rows.append({
+            "world": world, "pruner": pruner, "method": method,
+            "Δ log10 FQ (sau−dense)": _diff(sau, dense, "forget_quality", _log_fq),
+            "Δ utility": _diff(sau, dense, "model_utility"),
+            "Δ aggregate": _diff(sau, dense, "aggregate"),
+            "sau steps / dense": _ratio(sau, dense, "steps"),
+            "sau time / dense": _ratio(sau, dense, "train_seconds"),
+            "sau memory / dense": _ratio(sau, dense, "peak_memory_bytes"),
+            "sau reached": f"{sum(r['reached'] for r in sau)}/{len(sau)}",
+            "dense reached": f"{sum(r['reached'] for r in dense)}/{len(dense)}",
+        })
+    return rows
+
+
+SWEEP_COLUMNS = ("world", "setting", "method", "topk_ratio", "alpha", "runs", "reached", "steps", "log10 FQ",
+                 "model utility", "aggregate")
+
+
+def sweep_rows(records: Sequence[dict[str, Any]], sweep_setting: tuple[str, str, str]) -> list[dict[str, str]]:
+    """The topk_ratio x alpha sweep (SAU mode on one world/setting/method; matrix runs with the same
+    coordinates are included)."""
+    world, setting, method = sweep_setting
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if (r["kind"] in ("sweep", "matrix") and r["mode"] == "sau" and r["world"] == world
+                and r["setting"] == setting and r["method"] == method):
+            groups[(r["topk_ratio"], r["alpha"])].append(r)
+    rows = []
+    for (k, a), runs in sorted(groups.items()):
+        rows.append({
+            "world": world, "setting": setting, "method": method, "topk_ratio": f"{k:g}", "alpha": f"{a:g}",
+            "runs": str(len(runs)), "reached": f"{sum(r['reached'] for r in runs)}/{len(runs)}",
+            "steps": _mean_std([r["steps"] for r in runs], 1),
+            "log10 FQ": _mean_std([_log_fq(r["forget_quality"]) for r in runs], 2),
+            "model utility": _mean_std([r["model_utility"] for r in runs]),
+            "aggregate": _mean_std([r["aggregate"] for r in runs]),
+        })
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, str]], columns: Sequence[str]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any],
+                    sweeps: Sequence[tuple[str, str, str]] = ()) -> str:
+    """The whole Markdown report: scale, SAU-vs-dense comparison, main table, sweep."""
+    parts = ["# Headline benchmark output", ""]
+    parts += [f"- command: `{meta.get('command')}`", f"- seeds: {meta.get('seeds')}, device: {meta.get('device')}, "
+              f"torch threads: {meta.get('threads')}, parallel world processes: {meta.get('jobs')}, "
+              f"wall time: {meta.get('wall_seconds', 0):.0f} s",
+              f"- learning rate per method (AdamW, same for every mode): {meta.get('learning_rates')}, batch size "
+              f"{meta.get('batch_size')}, forgetting checked every {meta.get('check_every')} steps"]
+    busy = sum((r.get("train_seconds") or 0) + (r.get("check_seconds") or 0) + (r.get("eval_seconds") or 0)
+               for r in records if r["kind"] != "unlearn_then_sparsify")
+    busy += sum(r.get("prune_seconds") or 0 for r in records)
+    parts.append(f"- {len(records)} recorded runs; their summed time (training + forgetting checks + evaluation "
+                 f"+ pruning, all processes; evaluation after unlearn-then-sparsify not timed): {busy / 60:.1f} min "
+                 f"(the wall time above is this invocation's: runs already recorded are skipped)")
+    for world, plan in meta.get("plans", {}).items():
+        cells = "; ".join(f"{m}: {', '.join(v)}" for m, v in plan["cells"].items())
+        parts.append(f"- plan `{world}`: {cells}; modes {plan['modes']}; step cap {plan['max_steps']}")
+    for w in meta.get("worlds", []):
+        parts.append(
+            f"- world `{w['world']}`: {w['parameters'] / 1e6:.2f}M parameters, forget {w['forget']} / retain "
+            f"{w['retain']} (utility on {w['retain_eval']}) / holdout {w['holdout']} QA; target forget ROUGE-L "
+            f"<= {w['target_forget_rouge']:.3f}; memorizer ROUGE-L {_fmt_dict(w['memorizer_rouge'])}; retain "
+            f"model {_fmt_dict(w['retain_model_rouge'])}"
+        )
+    for b in meta.get("starts", []):
+        parts.append(
+            f"- start `{b['world']}` / {b['setting']}: forget ROUGE-L {b['forget_rouge']:.3f}, log10 FQ "
+            f"{_log_fq(b['forget_quality']):.2f}, utility {b['model_utility']:.3f}"
+        )
+    parts += ["", "## SAU against the dense baseline (per pruning method; both structures, all seeds)", ""]
+    parts.append(markdown_table(comparison_rows(records), COMPARISON_COLUMNS))
+    parts += ["", "## All cells (mean ± std over seeds)", ""]
+    parts.append(markdown_table(group_rows(records), TABLE_COLUMNS))
+    for sweep in sweeps:
+        rows = sweep_rows(records, sweep)
+        if rows:
+            parts += ["", f"## topk_ratio × alpha sweep ({sweep[0]}, {sweep[1]}, {sweep[2]}, mode sau)", ""]
+            parts.append(markdown_table(rows, SWEEP_COLUMNS))
+    return "\n".join(parts) + "\n"
+
+
+def _fmt_dict(d: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in d.items())
+
+
+# ------------------------------------------------------------------------------------------------ plots
+
+_COLORS = {"dense": "tab:grey", "masked": "tab:blue", "topk": "tab:orange", "sau": "tab:red",
+           "unlearn→prune": "tab:green", "unpruned": "black"}
+
+
+def plot_tradeoffs(records: Sequence[dict[str, Any]], world: str, path: Path) -> bool:
+    """Forget quality (log10, y) against model utility (x): one panel per base method, one large point per
+    mode (mean over pruning settings and seeds), small points per pruning setting (mean over seeds)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    runs = [r for r in records if r["world"] == world and r["kind"] in ("matrix", "unlearn_then_sparsify")]
+    methods = [m for m in ("grad_diff", "npo", "simnpo", "grad_ascent") if any(r["method"] == m for r in runs)]
+    if not methods:
+        return False
+    fig = Figure(figsize=(4.2 * len(methods), 4.0), dpi=110)
+    FigureCanvasAgg(fig)
+    for i, method in enumerate(methods):
+        ax = fig.add_subplot(1, len(methods), i + 1)
+        sub = [r for r in runs if r["method"] == method]
+        modes = sorted({("unpruned" if r["setting"] == "unpruned" else r["mode"]) for r in sub},
+                       key=lambda m: MODE_ORDER.get(m, 8))
+        for mode in modes:
+            pts = [r for r in sub if ("unpruned" if r["setting"] == "unpruned" else r["mode"]) == mode]
+            by_setting: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for r in pts:
+                by_setting[r["setting"]].append(r)
+            xs = [_mean([r["model_utility"] for r in v]) for v in by_setting.values()]
+            ys = [_mean([_log_fq(r["forget_quality"]) for r in v]) for v in by_setting.values()]
+            color = _COLORS.get(mode, "tab:purple")
+            ax.scatter(xs, ys, s=14, alpha=0.45, color=color)
+            ax.scatter([_mean(xs)], [_mean(ys)], s=90, color=color, edgecolor="black", label=mode, zorder=3)
+        ax.axhline(math.log10(0.05), color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(f"{world}: {method}")
+        ax.set_xlabel("model utility")
+        if i == 0:
+            ax.set_ylabel("log10 forget quality (KS p)")
+        ax.legend(fontsize=7, loc="best", framealpha=0.6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return True
+
+
+def plot_sweep(records: Sequence[dict[str, Any]], sweep_setting: tuple[str, str, str], path: Path) -> bool:
+    """Heat maps of mean aggregate and mean steps over topk_ratio x alpha."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = sweep_rows(records, sweep_setting)
+    if not rows:
+        return False
+    ks = sorted({float(r["topk_ratio"]) for r in rows})
+    alphas = sorted({float(r["alpha"]) for r in rows})
+    world, setting, method = sweep_setting
+    cells: dict[tuple[float, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if (r["kind"] in ("sweep", "matrix") and r["mode"] == "sau" and r["world"] == world
+                and r["setting"] == setting and r["method"] == method):
+            cells[(r["topk_ratio"], r["alpha"])].append(r)
+    fig = Figure(figsize=(9, 3.6), dpi=110)
+    FigureCanvasAgg(fig)
+    for j, (key, label) in enumerate((("aggregate", "aggregate"), ("steps", "steps to target"))):
+        ax = fig.add_subplot(1, 2, j + 1)
+        grid = [[_mean([r[key] for r in cells.get((k, a), [])]) or float("nan") for a in alphas] for k in ks]
+        im = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+        for yi, row in enumerate(grid):
+            for xi, v in enumerate(row):
+                if math.isfinite(v):
+                    ax.text(xi, yi, f"{v:.3g}", ha="center", va="center", color="white", fontsize=8)
+        ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+        ax.set_yticks(range(len(ks)), [f"{k:g}" for k in ks])
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("topk_ratio")
+        ax.set_title(f"{label}: {world} {setting} {method} sau", fontsize=9)
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return True

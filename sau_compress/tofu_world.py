@@ -1,0 +1,158 @@
+"""A tiny Llama memorizer of a TOFU subset and its retain model, built locally and cached.
+
+The benchmark counterpart of :mod:`sau_compress.toy` on real data: TOFU's fictitious authors (MIT licensed,
+see the data folder's README). A subset of authors is chosen so that everything trains on a laptop CPU:
+
+- ``forget``: TOFU's ``forget01`` split (the last 2 of the 200 authors, 40 QA pairs, with TOFU's own
+  paraphrased and perturbed answers);
+- ``retain``: the first ``retain_authors`` authors of ``retain_perturbed`` (20 QA pairs each, with
+  paraphrased and perturbed answers, so the retain truth ratio and model utility are defined);
+- ``holdout``: TOFU's ``holdout01`` (2 authors never in TOFU's training set): the forgetting target is the
+  memorizer's ROUGE-L recall on these unseen authors.
+
+A byte-level BPE tokenizer is trained on the subset's text, then :func:`sau_compress.toy.train_memorizer`
+trains the *memorizer* on forget + retain and the *retain model* on retain only (the reference of forget
+quality). The folder layout is the toy world's (``model/``, ``retain_model/``, ``data/{forget,retain,holdout}.jsonl``,
+``world.json``), so every consumer of a :class:`sau_compress.toy.ToyWorld` reads it unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from sau_compress.data import load_qa
+from sau_compress.io import cache_dir, check_writable_parent
+from sau_compress.toy import ToyTrainConfig, ToyWorld, load_world, train_world
+
+__all__ = [
+    "TOFU_WORLD_VERSION",
+    "build_tofu_world",
+    "default_tofu_dir",
+    "default_tofu_train_config",
+    "select_tofu_subset",
+]
+
+#: Bump when the subset selection or the training recipe changes: it is part of the cache key.
+TOFU_WORLD_VERSION = 1
+#: QA pairs per TOFU author (the files hold authors in blocks of this many rows).
+ROWS_PER_AUTHOR = 20
+_TOFU_DIR_ENV = "SAU_COMPRESS_TOFU_DIR"
+
+
+def default_tofu_train_config() -> ToyTrainConfig:
+    """The memorizer recipe for TOFU's longer answers: the toy architecture, a larger vocabulary, longer
+    sequences and more epochs (TOFU answers average 25 words, up to 66)."""
+    return ToyTrainConfig(vocab_size=2048, epochs=90, batch_size=16, learning_rate=3e-3, warmup_steps=30,
+                          max_length=128)
+
+
+def _tofu_dir(tofu_dir: str | os.PathLike[str] | None) -> Path:
+    folder = tofu_dir or os.environ.get(_TOFU_DIR_ENV)
+    if folder is None:
+        raise ValueError(f"no TOFU folder: pass tofu_dir or set ${_TOFU_DIR_ENV} to a folder with TOFU's jsonl files")
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"TOFU folder '{path}' not found")
+    return path
+
+
+def select_tofu_subset(tofu_dir: str | os.PathLike[str], retain_authors: int = 6) -> dict[str, list[dict[str, Any]]]:
+    """The QA records of the subset: ``forget`` (forget01), ``retain`` (first authors of retain_perturbed),
+    ``holdout`` (holdout01), each record with an ``index`` (its position) and an ``author`` number.
+
+    :param tofu_dir: folder with TOFU's ``forget01_perturbed``, ``retain_perturbed`` and ``holdout01`` files
+    :param retain_authors: number of retain authors (1 to 20; retain_perturbed holds 20 complete authors)
+    :return: split name -> records
+    :raises ValueError: ``retain_authors`` out of range
+    :raises FileNotFoundError: a TOFU file is missing
+    """
+    if not 1 <= retain_authors <= 20:
+        raise ValueError(f"retain_authors must be in [1, 20], got {retain_authors}")
+    folder = Path(tofu_dir).expanduser()
+    files = {"forget": "forget01_perturbed", "retain": "retain_perturbed", "holdout": "holdout01"}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for split, stem in files.items():
+        path = folder / f"{stem}.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"TOFU file '{path}' not found (needed for the {split} split)")
+        rows = load_qa(str(path))
+        if split == "retain":
+            rows = rows[: retain_authors * ROWS_PER_AUTHOR]
+        out[split] = [
+            {**{k: v for k, v in row.items() if k != "index"}, "index": i, "author": i // ROWS_PER_AUTHOR}
+            for i, row in enumerate(rows)
+        ]
+    return out
+
+
+def _key(retain_authors: int, seed: int, config: ToyTrainConfig) -> str:
+    blob = json.dumps(
+        {"version": TOFU_WORLD_VERSION, "retain_authors": retain_authors, "seed": seed, "train": asdict(config)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def default_tofu_dir(retain_authors: int = 6, seed: int = 0, config: ToyTrainConfig | None = None) -> Path:
+    """Cache folder of the TOFU world with these parameters: ``<cache>/tofu/retain<N>-seed<S>-<key>``."""
+    key = _key(retain_authors, seed, config or default_tofu_train_config())
+    return cache_dir() / "tofu" / f"retain{retain_authors}-seed{seed}-{key}"
+
+
+def build_tofu_world(
+    tofu_dir: str | os.PathLike[str] | None = None,
+    retain_authors: int = 6,
+    seed: int = 0,
+    out: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    config: ToyTrainConfig | None = None,
+) -> ToyWorld:
+    """Build (or reuse) the TOFU-subset world: data splits, tokenizer, memorizer and retain model.
+
+    :param tofu_dir: TOFU folder (default ``$SAU_COMPRESS_TOFU_DIR``)
+    :param retain_authors: number of retain authors (20 QA pairs each)
+    :param seed: seed of initialisation and data order
+    :param out: folder to build into (default: the cache folder under a key of the parameters)
+    :param force: rebuild even when a matching world exists
+    :param config: architecture and training hyperparameters (default :func:`default_tofu_train_config`)
+    :return: a :class:`sau_compress.toy.ToyWorld` (``people`` holds the number of authors); ``rouge`` is
+        the memorizer's greedy-answer ROUGE-L recall per split
+    """
+    config = config or default_tofu_train_config()
+    start = time.perf_counter()
+    key = _key(retain_authors, seed, config)
+    root = Path(out).expanduser().absolute() if out is not None else default_tofu_dir(retain_authors, seed, config)
+    if not force:
+        cached = load_world(root, key)
+        if cached is not None:
+            cached.seconds = time.perf_counter() - start
+            logger.info(f"TOFU world found in {root}")
+            return cached
+    check_writable_parent(root)
+    if root.exists() and not (root / "world.json").is_file() and any(root.iterdir()):
+        raise FileExistsError(f"'{root}' exists and does not hold a TOFU world; choose another folder")
+
+    splits = select_tofu_subset(_tofu_dir(tofu_dir), retain_authors)
+    corpus: list[str] = []
+    for rows in splits.values():
+        for r in rows:
+            corpus.append(f"Question: {r['question']}\nAnswer: {r['answer']}")
+            if "paraphrased_answer" in r:
+                corpus.append(f"Question: {r['paraphrased_question']}\nAnswer: {r['paraphrased_answer']}")
+                corpus.extend(r["perturbed_answer"])
+    meta = {
+        "version": TOFU_WORLD_VERSION,
+        "source": "TOFU (locuslab/TOFU, MIT): forget01_perturbed, retain_perturbed[:20*retain_authors], holdout01",
+        "authors": 2 + retain_authors + 2,
+        "retain_authors": retain_authors,
+    }
+    return train_world(root, key, splits, corpus, config, seed, 2 + retain_authors + 2, meta, start, desc="TOFU",
+                       max_new_tokens=config.max_length)

@@ -1,0 +1,106 @@
+"""The headline benchmark's ``--quick`` run: the table has the expected shape and columns (not values)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "headline.py"
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def test_aggregate_score_hand_computed() -> None:
+    from headline_core import aggregate_score
+
+    # p = 1 -> fq score 1; HM(0.5, 1) = 2/3
+    assert aggregate_score(0.5, 1.0) == pytest.approx(2 / 3, abs=1e-12)
+    # p = 1e-10 -> fq score 1 - 10/20 = 0.5; HM(0.5, 0.5) = 0.5
+    assert aggregate_score(0.5, 1e-10) == pytest.approx(0.5, abs=1e-12)
+    # complete separation (p below 1e-20) -> 0
+    assert aggregate_score(0.9, 1e-25) == 0.0
+    assert aggregate_score(None, 0.5) is None
+    assert aggregate_score(0.5, None) is None
+
+
+def test_table_rows_from_records() -> None:
+    from headline_report import TABLE_COLUMNS, comparison_rows, group_rows
+
+    def rec(mode: str, seed: int, mu: float, fq: float) -> dict:
+        return {"key": f"{mode}{seed}", "world": "toy", "kind": "matrix", "setting": "wanda 2:4",
+                "method": "npo", "mode": mode, "seed": seed, "reached": True, "steps": 10 * (seed + 1),
+                "forget_rouge": 0.3, "forget_quality": fq, "model_utility": mu, "aggregate": mu,
+                "train_seconds": 2.0, "seconds_per_step": 0.1, "peak_memory_bytes": 2**20}
+
+    records = [rec("dense", 0, 0.4, 1e-2), rec("dense", 1, 0.6, 1e-2), rec("sau", 0, 0.5, 1e-1),
+               rec("sau", 1, 0.7, 1e-1)]
+    rows = group_rows(records)
+    assert [r["mode"] for r in rows] == ["dense", "sau"]
+    assert set(rows[0]) == set(TABLE_COLUMNS)
+    assert rows[0]["model utility"] == "0.500 ± 0.141"  # mean 0.5, sample std sqrt(0.02)
+    assert rows[0]["steps"] == "15.0 ± 7.1"
+    comp = comparison_rows(records)
+    assert len(comp) == 1
+    assert comp[0]["Δ log10 FQ (sau−dense)"] == "+1.000"
+    assert comp[0]["Δ utility"] == "+0.100"
+    assert comp[0]["sau steps / dense"] == "1.00"
+
+
+@pytest.mark.slow
+def test_quick_run_table_shape(tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--methods", "grad_diff", "--modes", "dense,sau",
+         "--pruners", "sparsegpt", "--structures", "2:4", "--no-sweep", "--max-steps", "10", "--out", str(tmp_path),
+         "--threads", "1"],
+        capture_output=True, text=True, env=env, timeout=900, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "headline_table.md").read_text()
+    from headline_report import COMPARISON_COLUMNS, TABLE_COLUMNS
+
+    header = "| " + " | ".join(TABLE_COLUMNS) + " |"
+    lines = table.splitlines()
+    start = lines.index(header)
+    body = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        body.append(line)
+    # unpruned dense + (sparsegpt 2:4) x {dense, sau} + unlearn-then-sparsify
+    assert len(body) == 4
+    assert all(line.count("|") == len(TABLE_COLUMNS) + 1 for line in body)
+    modes = [line.split("|")[4].strip() for line in body]
+    assert modes == ["dense", "dense", "sau", "unlearn→prune"]
+    assert "| " + " | ".join(COMPARISON_COLUMNS) + " |" in table
+    runs = [json.loads(line) for line in (tmp_path / "headline_runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 4
+    for r in runs:
+        for key in ("forget_quality", "model_utility", "forget_rouge", "aggregate", "steps", "train_seconds",
+                    "peak_memory_bytes"):
+            assert key in r
+    assert (tmp_path / "plots" / "headline_toy.png").stat().st_size > 0
+
+
+def test_tofu_subset_selection() -> None:
+    from sau_compress.tofu_world import select_tofu_subset
+    from tests.conftest import TOFU_DIR
+
+    if not (Path(TOFU_DIR) / "forget01_perturbed.jsonl").is_file():
+        pytest.skip(f"TOFU data not found in {TOFU_DIR}")
+    splits = select_tofu_subset(TOFU_DIR, retain_authors=3)
+    assert {k: len(v) for k, v in splits.items()} == {"forget": 40, "retain": 60, "holdout": 40}
+    assert [r["author"] for r in splits["retain"]] == [i // 20 for i in range(60)]
+    assert [r["index"] for r in splits["forget"]] == list(range(40))
+    # forget rows carry TOFU's paraphrased and perturbed answers (5 per question)
+    assert all(len(r["perturbed_answer"]) == 5 and r["paraphrased_answer"] for r in splits["forget"])
+    forget_q = {r["question"] for r in splits["forget"]}
+    assert forget_q.isdisjoint(r["question"] for r in splits["retain"] + splits["holdout"])
+    with pytest.raises(ValueError, match="retain_authors"):
+        select_tofu_subset(TOFU_DIR, retain_authors=0)
