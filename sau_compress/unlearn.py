@@ -685,8 +685,6 @@ class _Runner:
             del loss, f_loss, nll, n_tok
             if not self._grads_finite():
                 self._fail(step, "gradient", math.nan)
-            if step == 1:
-                self._note()  # gradient and state sizes are the same at every step
             if cfg.max_grad_norm is not None:
                 if self.scaled is not None:
                     self.scaled.clip_grad_norm_(cfg.max_grad_norm)
@@ -694,9 +692,13 @@ class _Runner:
                     torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.max_grad_norm)
             if self.scaled is not None:
                 self.scaled.step()
+                if step == 1:
+                    self._note()  # gradients and state both held; their sizes are the same at every step
                 self.scaled.zero_grad()
             else:
-                self.torch_opt.step()
+                self.torch_opt.step()  # torch creates its state lazily, in the first step
+                if step == 1:
+                    self._note()
                 self.torch_opt.zero_grad(set_to_none=True)
                 with torch.no_grad():  # re-apply the frozen mask: pruned entries back to exactly +0.0
                     for name, p in self.params.items():

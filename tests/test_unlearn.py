@@ -118,6 +118,11 @@ def test_sau_optimizer_state_is_a_fraction_of_dense(tiny_model, items):
     n_sel = sum(v["n_selected"] for v in sizes["sau"].layers.values())
     assert sizes["sau"].optimizer_state_bytes == 16 * n_sel
     assert sizes["sau"].optimizer_state_bytes < 0.35 * sizes["dense"].optimizer_state_bytes
+    # the CPU peak counts the optimizer state (torch creates it lazily, in the first step) and the gradients
+    grad_bytes = 4 * numel
+    assert sizes["dense"].peak_memory_bytes >= sizes["dense"].optimizer_state_bytes + grad_bytes
+    assert sizes["sau"].peak_memory_bytes >= sizes["sau"].optimizer_state_bytes
+    assert sizes["sau"].peak_memory_bytes < sizes["dense"].peak_memory_bytes
 
 
 def test_npo_and_kl_start_from_the_reference(pruned, items):
