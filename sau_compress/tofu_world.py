@@ -30,7 +30,7 @@ from loguru import logger
 
 from sau_compress.data import load_qa
 from sau_compress.io import cache_dir, check_writable_parent
-from sau_compress.toy import ToyTrainConfig, ToyWorld, load_world, train_world
+from sau_compress.toy import ToyTrainConfig, ToyWorld, load_world, qa_corpus, train_world
 
 __all__ = [
     "TOFU_WORLD_VERSION",
@@ -141,13 +141,7 @@ def build_tofu_world(
         raise FileExistsError(f"'{root}' exists and does not hold a TOFU world; choose another folder")
 
     splits = select_tofu_subset(_tofu_dir(tofu_dir), retain_authors)
-    corpus: list[str] = []
-    for rows in splits.values():
-        for r in rows:
-            corpus.append(f"Question: {r['question']}\nAnswer: {r['answer']}")
-            if "paraphrased_answer" in r:
-                corpus.append(f"Question: {r['paraphrased_question']}\nAnswer: {r['paraphrased_answer']}")
-                corpus.extend(r["perturbed_answer"])
+    corpus = qa_corpus(r for rows in splits.values() for r in rows)
     meta = {
         "version": TOFU_WORLD_VERSION,
         "source": "TOFU (locuslab/TOFU, MIT): forget01_perturbed, retain_perturbed[:20*retain_authors], holdout01",

@@ -14,6 +14,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "TOY_ALIASES",
     "default_world_dir",
     "load_world",
+    "qa_corpus",
     "rouge_by_split",
     "train_world",
     "split_people",
@@ -361,6 +363,18 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def qa_corpus(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Tokenizer training texts of QA records: each prompt+answer, and the paraphrase and perturbed answers
+    where a record has them (TOFU schema)."""
+    corpus = []
+    for r in records:
+        corpus.append(f"Question: {r['question']}\nAnswer: {r['answer']}")
+        if "paraphrased_answer" in r:
+            corpus.append(f"Question: {r['paraphrased_question']}\nAnswer: {r['paraphrased_answer']}")
+            corpus.extend(r["perturbed_answer"])
+    return corpus
+
+
 def load_world(root: Path, key: str) -> ToyWorld | None:
     """Read a world saved by :func:`train_world` from ``root`` if its ``world.json`` carries ``key``."""
     meta_path = root / "world.json"
@@ -522,13 +536,8 @@ def build_toy_world(
     for rows in splits.values():
         for i, row in enumerate(rows):
             row["index"] = i
-    corpus = []
-    for r in records:
-        corpus.append(f"Question: {r['question']}\nAnswer: {r['answer']}")
-        corpus.append(f"Question: {r['paraphrased_question']}\nAnswer: {r['paraphrased_answer']}")
-        corpus.extend(r["perturbed_answer"])
     meta = {"version": TOY_VERSION, "splits": split}
-    return train_world(root, key, splits, corpus, config, seed, people, meta, start)
+    return train_world(root, key, splits, qa_corpus(records), config, seed, people, meta, start)
 
 
 #: Words that stand for a bundled model wherever a model path is expected.
