@@ -31,8 +31,11 @@ def demo(
     device: str | None = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Run the main job on the embedded toy world (built on first use, no download): prune 2:4 with
-    SparseGPT, unlearn the forget people with SAU, evaluate before/after, export sparse-24-bitmask."""
+    """Run the main job on the toy world: SparseGPT 2:4, SAU, before/after table, 2:4 export.
+
+    The toy world is built on first use (no download); the forget people are unlearned with SAU (GradDiff)
+    and the result is written as a sparse-24-bitmask checkpoint.
+    """
     from sau_compress.io import cache_dir
     from sau_compress.pipeline import run as run_pipeline
     from sau_compress.toy import build_toy_world
