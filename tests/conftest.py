@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -26,6 +27,16 @@ QA = [
 def qa_records() -> list[dict]:
     """Six QA records in TOFU's schema (question/answer), with an index."""
     return [dict(r, index=i) for i, r in enumerate(QA)]
+
+
+@pytest.fixture()
+def qa_files(tmp_path, qa_records) -> dict[str, Path]:
+    """forget.jsonl = the first two records, retain.jsonl = the other four (in ``tmp_path``)."""
+    paths = {}
+    for name, rows in (("forget", qa_records[:2]), ("retain", qa_records[2:])):
+        paths[name] = tmp_path / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return paths
 
 
 @pytest.fixture(scope="session")

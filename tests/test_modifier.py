@@ -82,16 +82,6 @@ def _sau_stage(forget: Path, retain: Path, **fields) -> str:
     )
 
 
-@pytest.fixture()
-def qa_files(tmp_path, qa_records):
-    """forget.jsonl = the first two records, retain.jsonl = the other four."""
-    paths = {}
-    for name, rows in (("forget", qa_records[:2]), ("retain", qa_records[2:])):
-        paths[name] = tmp_path / f"{name}.jsonl"
-        paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return paths
-
-
 def _answer_nll(model, tokenizer, records) -> float:
     """Mean per-token NLL of the answers given their prompts (labels -100 on the prompt)."""
     batch = collate(tokenize_records(tokenizer, records), tokenizer.pad_token_id)

@@ -52,15 +52,6 @@ def _folder_hash(folder: Path) -> str:
 
 
 @pytest.fixture()
-def qa_files(tmp_path, qa_records):
-    paths = {}
-    for name, rows in (("forget", qa_records[:2]), ("retain", qa_records[2:])):
-        paths[name] = tmp_path / f"{name}.jsonl"
-        paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return paths
-
-
-@pytest.fixture()
 def tiny_recipe(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_RECIPE)
