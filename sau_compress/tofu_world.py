@@ -26,11 +26,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
-
 from sau_compress.data import load_qa
-from sau_compress.io import cache_dir, check_writable_parent
-from sau_compress.toy import ToyTrainConfig, ToyWorld, load_world, qa_corpus, train_world
+from sau_compress.io import cache_dir
+from sau_compress.toy import ToyTrainConfig, ToyWorld, qa_corpus, reuse_world, train_world
 
 __all__ = [
     "TOFU_WORLD_VERSION",
@@ -130,15 +128,9 @@ def build_tofu_world(
     start = time.perf_counter()
     key = _key(retain_authors, seed, config)
     root = Path(out).expanduser().absolute() if out is not None else default_tofu_dir(retain_authors, seed, config)
-    if not force:
-        cached = load_world(root, key)
-        if cached is not None:
-            cached.seconds = time.perf_counter() - start
-            logger.info(f"TOFU world found in {root}")
-            return cached
-    check_writable_parent(root)
-    if root.exists() and not (root / "world.json").is_file() and any(root.iterdir()):
-        raise FileExistsError(f"'{root}' exists and does not hold a TOFU world; choose another folder")
+    cached = reuse_world(root, key, force, start, "TOFU")
+    if cached is not None:
+        return cached
 
     splits = select_tofu_subset(_tofu_dir(tofu_dir), retain_authors)
     corpus = qa_corpus(r for rows in splits.values() for r in rows)

@@ -38,6 +38,7 @@ __all__ = [
     "default_world_dir",
     "load_world",
     "qa_corpus",
+    "reuse_world",
     "rouge_by_split",
     "train_world",
     "split_people",
@@ -398,6 +399,28 @@ def load_world(root: Path, key: str) -> ToyWorld | None:
     )
 
 
+def reuse_world(
+    root: Path, key: str, force: bool, start: float, kind: str, where: str = ""
+) -> ToyWorld | None:
+    """Return the world cached in ``root`` under ``key`` (unless ``force``); otherwise check that ``root``
+    may be built into: its parent is writable and it is empty or holds a world (which will be replaced).
+
+    :param kind: the world's name in messages (``toy``, ``TOFU``)
+    :param where: what ``root`` is to the user, prefixed to the path in errors (e.g. ``"--out "``)
+    :raises FileExistsError: ``root`` holds something other than a world
+    """
+    if not force:
+        cached = load_world(root, key)
+        if cached is not None:
+            cached.seconds = time.perf_counter() - start
+            logger.info(f"{kind} world found in {root}")
+            return cached
+    check_writable_parent(root)
+    if root.exists() and not (root / "world.json").is_file() and any(root.iterdir()):
+        raise FileExistsError(f"{where}'{root}' exists and does not hold a {kind} world; choose another folder")
+    return None
+
+
 def rouge_by_split(
     model: Any, tokenizer: Any, splits: dict[str, list[dict[str, Any]]], max_new_tokens: int = 48
 ) -> dict[str, float]:
@@ -519,15 +542,9 @@ def build_toy_world(
         raise ValueError(f"--people must be at least {MIN_PEOPLE} (one person per split), got {people}")
     key = _world_key(people, seed, config)
     root = Path(out).expanduser().absolute() if out is not None else default_world_dir(people, seed, config)
-    if not force:
-        cached = load_world(root, key)
-        if cached is not None:
-            cached.seconds = time.perf_counter() - start
-            logger.info(f"toy world found in {root}")
-            return cached
-    check_writable_parent(root)
-    if root.exists() and not (root / "world.json").is_file() and any(root.iterdir()):
-        raise FileExistsError(f"--out '{root}' exists and does not hold a toy world; choose another folder")
+    cached = reuse_world(root, key, force, start, "toy", "--out ")
+    if cached is not None:
+        return cached
 
     world_people = make_people(people, seed)
     records = make_records(world_people, seed)

@@ -60,6 +60,14 @@ class NonFiniteLossError(FloatingPointError, ValueError):
     """A loss or gradient became NaN/inf; the model is left as it was before that step."""
 
 
+def _one_of(field: str, value: str, choices: Sequence[str]) -> str:
+    """Normalise ``value`` (strip, lower case) and check it is one of ``choices``, naming ``field``."""
+    value = value.strip().lower()
+    if value not in choices:
+        raise ValueError(f"unknown {field} '{value}'; choose from {list(choices)}")
+    return value
+
+
 class UnlearnConfig(BaseModel):
     """Everything :func:`unlearn` needs besides the model and data. Unknown fields are an error.
 
@@ -131,26 +139,17 @@ class UnlearnConfig(BaseModel):
     @field_validator("mode")
     @classmethod
     def _mode(cls, v: str) -> str:
-        v = v.strip().lower()
-        if v not in MODES:
-            raise ValueError(f"unknown mode '{v}'; choose from {list(MODES)}")
-        return v
+        return _one_of("mode", v, MODES)
 
     @field_validator("optimizer")
     @classmethod
     def _optimizer(cls, v: str) -> str:
-        v = v.strip().lower()
-        if v not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer '{v}'; choose from {list(OPTIMIZERS)}")
-        return v
+        return _one_of("optimizer", v, OPTIMIZERS)
 
     @field_validator("retain_loss")
     @classmethod
     def _retain_loss(cls, v: str) -> str:
-        v = v.strip().lower()
-        if v not in RETAIN_LOSSES:
-            raise ValueError(f"unknown retain_loss '{v}'; choose from {list(RETAIN_LOSSES)}")
-        return v
+        return _one_of("retain_loss", v, RETAIN_LOSSES)
 
     @field_validator("topk_ratio")
     @classmethod
