@@ -56,7 +56,7 @@ import headline_core as core  # noqa: E402
 import headline_report as report  # noqa: E402
 
 #: learning rate per base method (AdamW), the same for every mode of that method
-DEFAULT_LR = {"grad_diff": 1e-3, "npo": 2e-3, "simnpo": 2e-3, "grad_ascent": 1e-3}
+DEFAULT_LR = {"grad_diff": 1e-3, "npo": 2e-3, "simnpo": 5e-3, "grad_ascent": 1e-3}
 SWEEP_TOPK = (0.1, 0.3, 0.5)
 SWEEP_ALPHA = (0.05, 0.1, 0.2)
 
@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-uts", action="store_true", help="skip unlearn-then-sparsify")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--model-size", choices=list(core.MODEL_SIZES), default=None,
+                   help="world model size (default: tiny on CPU, large on CUDA; see headline_core.MODEL_SIZES)")
+    p.add_argument("--report-only", action="store_true",
+                   help="render the table and plots from the runs and meta already in --out; run nothing")
     p.add_argument("--out", default=None, help="output folder (default: docs; quick: <cache>/headline/quick)")
     p.add_argument("--work", default=None, help="cache of pruned folders (default: <cache>/headline)")
     p.add_argument("--tofu-dir", default=None, help="TOFU data folder (default: $SAU_COMPRESS_TOFU_DIR or "
@@ -103,8 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore runs already recorded in the output")
     p.add_argument("--json", action="store_true", help="print the comparison rows as JSON at the end")
     p.add_argument("--jobs", type=int, default=None,
-                   help="worlds run in parallel processes (default: 2 on CPU with several worlds, else 1)")
+                   help="(world, seed) parts run in this many parallel processes, 1 torch thread each "
+                        "(default: 2 on CPU, 1 on CUDA)")
     p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--part-method", default=None, help=argparse.SUPPRESS)
     p.add_argument("--full-matrix", action="store_true",
                    help="every pruner x structure x method x mode in every world (GPU-sized)")
     p.add_argument("--first-seed", type=int, default=0,
@@ -197,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.first_seed, args.seeds if args.seeds is not None else (1 if quick else 3)))
     lrs = _parse_lr(args.lr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(args.out) if args.out else (core.default_work_dir() / "quick" if quick else Path("docs"))
+    size = args.model_size or ("tiny" if device == "cpu" else "large")
+    args.model_size = size
+    labels = [core.world_label(w, size) for w in worlds]
+    default_out = Path("docs") if size == "tiny" else Path("docs") / f"headline_{size}"
+    out = Path(args.out) if args.out else (core.default_work_dir() / "quick" if quick else default_out)
     work = Path(args.work) if args.work else core.default_work_dir()
     out.mkdir(parents=True, exist_ok=True)
     runs_path = out / "headline_runs.jsonl"
@@ -206,41 +217,47 @@ def main(argv: list[str] | None = None) -> int:
         for old in out.glob("headline_meta_*.json"):
             old.unlink()
         argv = [a for a in argv if a != "--fresh"]
-    jobs = args.jobs if args.jobs is not None else (2 if device == "cpu" and len(worlds) > 1 else 1)
+    jobs = args.jobs if args.jobs is not None else (2 if device == "cpu" else 1)
     started = time.perf_counter()
-    if jobs > 1 and len(worlds) > 1:
-        # one process per world (tiny models do not scale with threads; two 1-thread processes do)
-        import subprocess
-
-        base = [a for a in argv if not a.startswith("--worlds") and not a.startswith("--jobs")]
-        base = [a for i, a in enumerate(base) if not (i > 0 and base[i - 1] in ("--worlds", "--jobs"))]
-        procs = [subprocess.Popen([sys.executable, __file__, *base, "--worlds", w, "--jobs", "1", "--threads",
-                                   str(max(1, args.threads // jobs)), "--no-report", "--out", str(out)])
-                 for w in worlds]
-        codes = [p.wait() for p in procs]
-        if any(codes):
-            raise SystemExit(f"a world's process failed (exit codes {codes})")
+    tasks = [(w, s, m) for w in worlds for s in seeds for m in _plan(args, w)[0]]
+    if args.report_only:
+        pass
+    elif jobs > 1 and len(tasks) > 1 and not args.worker:
+        _run_parallel(args, argv, worlds, tasks, jobs, lrs, device, out, work, quick)
     else:
         for world in worlds:
             _run_world(args, world, seeds, lrs, device, out, work, quick)
     if args.no_report:
         return 0
-    records = _read_records(runs_path)
-    metas = [json.loads((out / f"headline_meta_{w}.json").read_text()) for w in worlds
+    command = "python benchmarks/headline.py " + " ".join(shlex.quote(a) for a in argv)
+    threads, wall = args.threads, time.perf_counter() - started
+    if args.report_only:
+        # the last report's command and settings; without one (a run cut short), this invocation's flags
+        previous = out / "headline_meta.json"
+        if previous.is_file():
+            old = json.loads(previous.read_text())
+            command, seeds, device, threads, jobs = (old[k] for k in ("command", "seeds", "device", "threads", "jobs"))
+            lrs, wall, labels = old["learning_rates"], old["wall_seconds"], [w["world"] for w in old["worlds"]]
+            worlds = [label.split("-")[0] for label in labels]
+        else:
+            command = command.replace(" --report-only", "") + "  (cut short; report rendered afterwards)"
+    # the command's own runs: records made with another learning rate (an earlier grid) stay in the file
+    records = [r for r in _read_records(runs_path) if r.get("learning_rate") == lrs.get(r["method"])]
+    metas = [json.loads((out / f"headline_meta_{w}.json").read_text()) for w in labels
              if (out / f"headline_meta_{w}.json").is_file()]
     meta = {
-        "command": "python benchmarks/headline.py " + " ".join(shlex.quote(a) for a in argv),
-        "seeds": seeds, "device": device, "threads": args.threads, "jobs": jobs,
+        "command": command, "seeds": seeds, "device": device, "threads": threads, "jobs": jobs,
         "learning_rates": lrs, "batch_size": args.batch_size, "check_every": args.check_every,
         "worlds": [m["world"] for m in metas], "starts": [s for m in metas for s in m["starts"]],
         "plans": {m["world"]["world"]: m["plan"] for m in metas},
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": wall,
     }
     (out / "headline_meta.json").write_text(json.dumps(meta, indent=2))
-    sweeps = [(w, *SWEEP_SETTING[w]) for w in worlds if not args.no_sweep and (quick or w in SWEEP_WORLDS)]
+    sweeps = [(label, *SWEEP_SETTING[w]) for w, label in zip(worlds, labels, strict=True)
+              if not args.no_sweep and (quick or w in SWEEP_WORLDS)]
     text = report.render_markdown(records, meta, sweeps)
     (out / "headline_table.md").write_text(text)
-    for wname in worlds:
+    for wname in labels:
         report.plot_tradeoffs(records, wname, out / "plots" / f"headline_{wname}.png")
     for sw in sweeps:
         report.plot_sweep(records, sw, out / "plots" / f"headline_sweep_{sw[0]}.png")
@@ -250,13 +267,72 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+_PER_PART = ("--worlds", "--jobs", "--first-seed", "--seeds", "--threads", "--out", "--fresh")
+
+
+def _strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the options ``names`` (``--opt value`` and ``--opt=value`` forms)."""
+    flags = {"--fresh"}
+    kept: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in names:
+            skip = "=" not in a and name not in flags
+            continue
+        kept.append(a)
+    return kept
+
+
+def _run_parallel(args: argparse.Namespace, argv: list[str], worlds: list[str], tasks: list[tuple[str, int, str]],
+                  jobs: int, lrs: dict[str, float], device: str, out: Path, work: Path, quick: bool) -> None:
+    """Prepare every world here (prune, evaluate the starting points), then run each (world, seed, base
+    method) part in a worker process, at most ``jobs`` at a time, TOFU parts first (they are the longest).
+
+    Tiny models do not scale with threads, one-thread processes do; workers append to the same JSONL file
+    (one ``write`` per line, in append mode).
+    """
+    import subprocess
+
+    for world in worlds:
+        _run_world(args, world, sorted({t[1] for t in tasks}), lrs, device, out, work, quick, prepare_only=True)
+    base = _strip_options(argv, _PER_PART)
+    threads = max(1, args.threads // jobs) if device == "cpu" else args.threads
+    pending = sorted(tasks, key=lambda t: (t[0] != "tofu", t[1]))
+    running: list[tuple[tuple[str, int, str], Any]] = []
+    failed: list[tuple[str, int, str]] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            world, seed, method = task = pending.pop(0)
+            cmd = [sys.executable, __file__, *base, "--worlds", world, "--first-seed", str(seed), "--seeds",
+                   str(seed + 1), "--part-method", method, "--jobs", "1", "--threads", str(threads), "--no-report",
+                   "--worker", "--out", str(out)]
+            running.append((task, subprocess.Popen(cmd)))
+        time.sleep(0.5)
+        for item in list(running):
+            code = item[1].poll()
+            if code is not None:
+                running.remove(item)
+                if code:
+                    failed.append(item[0])
+    if failed:
+        raise SystemExit(f"parts failed (world, seed, method): {failed}")
+
+
 def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict[str, float], device: str,
-               out: Path, work: Path, quick: bool) -> None:
-    """Every run of one world, appended to ``headline_runs.jsonl``; runs already there are skipped."""
+               out: Path, work: Path, quick: bool, prepare_only: bool = False) -> None:
+    """Every run of one world, appended to ``headline_runs.jsonl``; runs already there are skipped.
+
+    The world's meta file (scale, starting points, plan) is written unless this is a worker's part;
+    ``prepare_only`` stops after it (the pruned folders exist then)."""
     runs_path = out / "headline_runs.jsonl"
     done = {r["key"]: r for r in _read_records(runs_path)}
-    cells, modes = _plan(args, wname)
-    settings = sorted({st for v in cells.values() for st in v})
+    all_cells, modes = _plan(args, wname)
+    cells = {m: v for m, v in all_cells.items() if args.part_method in (None, m)}
+    settings = sorted({st for v in (cells if args.worker else all_cells).values() for st in v})
     max_steps = args.max_steps or (120 if wname == "toy" else 80)
 
     def record(rec: dict[str, Any]) -> dict[str, Any]:
@@ -266,31 +342,36 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
         core_log(rec)
         return rec
 
-    w = core.load_world(wname, args.retain_eval, device, args.tofu_dir)
-    meta_path = out / f"headline_meta_{wname}.json"
+    w = core.load_world(wname, args.retain_eval, device, args.tofu_dir, args.model_size)
+    label = w.name
+    meta_path = out / f"headline_meta_{label}.json"
     known = {s["setting"]: s for s in json.loads(meta_path.read_text())["starts"]} if meta_path.is_file() else {}
-    starts = [known.get("unpruned") or {"world": wname, "setting": "unpruned",
+    starts = [known.get("unpruned") or {"world": label, "setting": "unpruned",
                                         **core.evaluate_model(core_load(w.model_dir, device), w)}]
     for pruner, structure in settings:
         folder = core.pruned_dir(w, pruner, structure, work)
         name = f"{pruner} {structure}"
-        starts.append(known.get(name) or {"world": wname, "setting": name,
+        starts.append(known.get(name) or {"world": label, "setting": name,
                                           **core.evaluate_model(core_load(folder, device), w)})
     sweep_grid: list[tuple[float, float]] = []
     if not args.no_sweep and (quick or wname in SWEEP_WORLDS):
         sweep_grid = [(0.1, 0.1), (0.5, 0.1)] if quick else [(k, a) for k in SWEEP_TOPK for a in SWEEP_ALPHA]
-    plan = {"cells": {m: [f"{p} {s}" for p, s in v] for m, v in cells.items()}, "modes": modes, "seeds": seeds,
-            "max_steps": max_steps, "sweep": None if not sweep_grid else {
-                "setting": SWEEP_SETTING[wname], "grid": sweep_grid}}
-    meta_path.write_text(
-        json.dumps({"world": w.describe(), "starts": starts, "plan": plan}, indent=2))
+    if not args.worker:
+        plan = {"cells": {m: [f"{p} {s}" for p, s in v] for m, v in all_cells.items()}, "modes": modes,
+                "seeds": seeds, "max_steps": max_steps,
+                "sweep": None if not sweep_grid else {"setting": SWEEP_SETTING[wname], "grid": sweep_grid}}
+        tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"world": w.describe(), "starts": starts, "plan": plan}, indent=2))
+        os.replace(tmp, meta_path)  # atomic: parallel parts read it
+    if prepare_only:
+        return
 
     def run(spec: core.RunSpec, folder: Path, keep: bool = False) -> tuple[dict[str, Any], Any]:
         return core.run_unlearning(spec, w, folder, max_steps, args.check_every, args.batch_size, device, keep)
 
     for seed in seeds:
         for method, msettings in cells.items():
-            spec = core.RunSpec(wname, "matrix", "unpruned", method, "dense", seed, lrs[method])
+            spec = core.RunSpec(label, "matrix", "unpruned", method, "dense", seed, lrs[method])
             uts_keys = [] if args.no_uts else [f"uts|{spec.key()}|{p} {s}" for p, s in msettings]
             need_uts = any(k not in done for k in uts_keys)
             if spec.key() not in done or need_uts:
@@ -303,16 +384,16 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
             for pruner, structure in msettings:
                 folder = core.pruned_dir(w, pruner, structure, work)
                 for mode in modes:
-                    spec = core.RunSpec(wname, "matrix", f"{pruner} {structure}", method, mode, seed, lrs[method])
+                    spec = core.RunSpec(label, "matrix", f"{pruner} {structure}", method, mode, seed, lrs[method])
                     if spec.key() not in done:
                         record(run(spec, folder)[0])
-        if sweep_grid and seed < args.sweep_seeds:
+        if sweep_grid and seed < args.sweep_seeds and args.part_method in (None, SWEEP_SETTING[wname][1]):
             setting, method = SWEEP_SETTING[wname]
             pruner, structure = setting.split(" ")
             folder = core.pruned_dir(w, pruner, structure, work)
             for k, a in sweep_grid:
-                spec = core.RunSpec(wname, "sweep", setting, method, "sau", seed, lrs[method], k, a)
-                twin = core.RunSpec(wname, "matrix", setting, method, "sau", seed, lrs[method], k, a)
+                spec = core.RunSpec(label, "sweep", setting, method, "sau", seed, lrs[method], k, a)
+                twin = core.RunSpec(label, "matrix", setting, method, "sau", seed, lrs[method], k, a)
                 if spec.key() not in done and twin.key() not in done:
                     record(run(spec, folder)[0])
 

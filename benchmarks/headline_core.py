@@ -33,6 +33,8 @@ __all__ = [
     "evaluate_model",
     "forget_rouge",
     "load_world",
+    "MODEL_SIZES",
+    "world_label",
     "prune",
     "pruned_dir",
     "run_unlearning",
@@ -49,6 +51,20 @@ MODES = ("dense", "masked", "topk", "sau")
 FQ_DECADES = 20.0
 #: bump when pruning changes (part of the pruned-folder cache key)
 PRUNE_VERSION = 1
+#: model sizes of the worlds, as overrides of the world's training config: ``tiny`` (hidden 192, 4 layers,
+#: 2.2-2.6M parameters; trained on the CPU, the CPU default) and ``large`` (hidden 512, 8 layers, about 28M
+#: parameters; trained on the benchmark's device, the CUDA default). A lower learning rate keeps the deeper
+#: model's from-scratch memorization stable.
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "large": {"hidden_size": 512, "intermediate_size": 1408, "num_layers": 8, "num_heads": 8,
+              "learning_rate": 1e-3},
+}
+
+
+def world_label(name: str, size: str) -> str:
+    """A world's name in records and tables: ``toy``/``tofu`` for the tiny models, else ``<name>-<size>``."""
+    return name if size == "tiny" else f"{name}-{size}"
 
 
 @dataclass
@@ -71,6 +87,7 @@ class World:
     tokenizer: Any
     max_new_tokens: int
     parameters: int = 0
+    train_device: str = "cpu"
     target: float = 0.0
     reference: dict[str, Any] = field(default_factory=dict)
     memorizer_rouge: dict[str, float] = field(default_factory=dict)
@@ -83,6 +100,7 @@ class World:
         return {
             "world": self.name,
             "root": str(self.root),
+            "train_device": self.train_device,
             "parameters": self.parameters,
             "forget": len(self.forget),
             "retain": len(self.retain),
@@ -108,36 +126,44 @@ def _evenly(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return [records[int(i * step)] for i in range(n)]
 
 
-def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = None) -> World:
+def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = None, size: str = "tiny") -> World:
     """Build or reuse a world, measure its forgetting target and the retain model's reference.
 
     :param name: ``toy`` (:func:`sau_compress.toy.build_toy_world`) or ``tofu``
         (:func:`sau_compress.tofu_world.build_tofu_world`)
     :param retain_eval: retain records used for model utility (evenly spaced: every person/author counts)
-    :param device: where the reference evaluations run
+    :param device: where the reference evaluations run (and where a non-tiny world is trained)
     :param tofu_dir: TOFU folder (default :func:`default_tofu_dir`)
-    :raises ValueError: unknown world
+    :param size: a key of :data:`MODEL_SIZES`
+    :raises ValueError: unknown world or size
     """
+    from dataclasses import replace
+
     from transformers import AutoTokenizer
 
     from sau_compress.export import load_model
 
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size '{size}'; choose from {list(MODEL_SIZES)}")
+    train_device = "cpu" if size == "tiny" else device
     if name == "toy":
-        from sau_compress.toy import build_toy_world
+        from sau_compress.toy import ToyTrainConfig, build_toy_world
 
-        built = build_toy_world()
+        built = build_toy_world(config=replace(ToyTrainConfig(), **MODEL_SIZES[size]), device=train_device)
         max_new_tokens = 32
     elif name == "tofu":
-        from sau_compress.tofu_world import build_tofu_world
+        from sau_compress.tofu_world import build_tofu_world, default_tofu_train_config
 
-        built = build_tofu_world(tofu_dir or default_tofu_dir())
+        built = build_tofu_world(tofu_dir or default_tofu_dir(),
+                                 config=replace(default_tofu_train_config(), **MODEL_SIZES[size]),
+                                 device=train_device)
         max_new_tokens = 64
     else:
         raise ValueError(f"unknown world '{name}'; choose from ['toy', 'tofu']")
     tokenizer = AutoTokenizer.from_pretrained(str(built.model_dir))
     sets = {s: load_qa(str(built.data_dir / f"{s}.jsonl")) for s in ("forget", "retain", "holdout")}
     world = World(
-        name=name,
+        name=world_label(name, size),
         root=built.root,
         model_dir=built.model_dir,
         retain_model_dir=built.retain_model_dir,
@@ -148,6 +174,7 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
         tokenizer=tokenizer,
         max_new_tokens=max_new_tokens,
         parameters=built.parameters,
+        train_device=train_device,
         memorizer_rouge=dict(built.rouge),
         retain_model_rouge=dict(built.retain_model_rouge),
     )

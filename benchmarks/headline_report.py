@@ -160,7 +160,7 @@ def render_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any],
     """The whole Markdown report: scale, SAU-vs-dense comparison, main table, sweep."""
     parts = ["# Headline benchmark output", ""]
     parts += [f"- command: `{meta.get('command')}`", f"- seeds: {meta.get('seeds')}, device: {meta.get('device')}, "
-              f"torch threads: {meta.get('threads')}, parallel world processes: {meta.get('jobs')}, "
+              f"torch threads: {meta.get('threads')}, parallel processes: {meta.get('jobs')}, "
               f"wall time: {meta.get('wall_seconds', 0):.0f} s",
               f"- learning rate per method (AdamW, same for every mode): {meta.get('learning_rates')}, batch size "
               f"{meta.get('batch_size')}, forgetting checked every {meta.get('check_every')} steps"]

@@ -28,7 +28,7 @@ from typing import Any
 
 from sau_compress.data import load_qa
 from sau_compress.io import cache_dir
-from sau_compress.toy import ToyTrainConfig, ToyWorld, qa_corpus, reuse_world, train_world
+from sau_compress.toy import ToyTrainConfig, ToyWorld, device_tag, qa_corpus, reuse_world, train_world
 
 __all__ = [
     "TOFU_WORLD_VERSION",
@@ -91,17 +91,19 @@ def select_tofu_subset(tofu_dir: str | os.PathLike[str], retain_authors: int = 6
     return out
 
 
-def _key(retain_authors: int, seed: int, config: ToyTrainConfig) -> str:
+def _key(retain_authors: int, seed: int, config: ToyTrainConfig, device: str = "cpu") -> str:
     blob = json.dumps(
-        {"version": TOFU_WORLD_VERSION, "retain_authors": retain_authors, "seed": seed, "train": asdict(config)},
+        {"version": TOFU_WORLD_VERSION, "retain_authors": retain_authors, "seed": seed, "train": asdict(config),
+         **device_tag(device)},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def default_tofu_dir(retain_authors: int = 6, seed: int = 0, config: ToyTrainConfig | None = None) -> Path:
+def default_tofu_dir(retain_authors: int = 6, seed: int = 0, config: ToyTrainConfig | None = None,
+                     device: str = "cpu") -> Path:
     """Cache folder of the TOFU world with these parameters: ``<cache>/tofu/retain<N>-seed<S>-<key>``."""
-    key = _key(retain_authors, seed, config or default_tofu_train_config())
+    key = _key(retain_authors, seed, config or default_tofu_train_config(), device)
     return cache_dir() / "tofu" / f"retain{retain_authors}-seed{seed}-{key}"
 
 
@@ -112,6 +114,7 @@ def build_tofu_world(
     out: str | os.PathLike[str] | None = None,
     force: bool = False,
     config: ToyTrainConfig | None = None,
+    device: str = "cpu",
 ) -> ToyWorld:
     """Build (or reuse) the TOFU-subset world: data splits, tokenizer, memorizer and retain model.
 
@@ -121,13 +124,15 @@ def build_tofu_world(
     :param out: folder to build into (default: the cache folder under a key of the parameters)
     :param force: rebuild even when a matching world exists
     :param config: architecture and training hyperparameters (default :func:`default_tofu_train_config`)
+    :param device: where the models are trained; a world trained off the CPU is cached under another key
     :return: a :class:`sau_compress.toy.ToyWorld` (``people`` holds the number of authors); ``rouge`` is
         the memorizer's greedy-answer ROUGE-L recall per split
     """
     config = config or default_tofu_train_config()
     start = time.perf_counter()
-    key = _key(retain_authors, seed, config)
-    root = Path(out).expanduser().absolute() if out is not None else default_tofu_dir(retain_authors, seed, config)
+    key = _key(retain_authors, seed, config, device)
+    root = (Path(out).expanduser().absolute() if out is not None
+            else default_tofu_dir(retain_authors, seed, config, device))
     cached = reuse_world(root, key, force, start, "TOFU")
     if cached is not None:
         return cached
@@ -141,4 +146,4 @@ def build_tofu_world(
         "retain_authors": retain_authors,
     }
     return train_world(root, key, splits, corpus, config, seed, 2 + retain_authors + 2, meta, start, desc="TOFU",
-                       max_new_tokens=config.max_length)
+                       max_new_tokens=config.max_length, device=device)

@@ -36,6 +36,7 @@ __all__ = [
     "resolve_model_path",
     "TOY_ALIASES",
     "default_world_dir",
+    "device_tag",
     "load_world",
     "qa_corpus",
     "reuse_world",
@@ -292,6 +293,7 @@ def train_memorizer(
     config: ToyTrainConfig | None = None,
     seed: int = 0,
     desc: str = "memorizer",
+    device: str = "cpu",
 ):  # noqa: ANN201 - returns a LlamaForCausalLM
     """Train a tiny Llama from scratch on ``records`` (answer tokens only) until it has memorized them.
 
@@ -300,13 +302,14 @@ def train_memorizer(
     :param config: architecture and training hyperparameters
     :param seed: seed for initialisation and data order
     :param desc: progress-bar label
+    :param device: where to train (``cpu``, ``cuda``); the model is returned on the CPU
     :return: the trained model in eval mode, with ``losses`` (per epoch mean) attached as ``model.train_losses``
     """
     if not records:
         raise ValueError("cannot train a memorizer on an empty record set")
     config = config or ToyTrainConfig()
     items = tokenize_records(tokenizer, records, max_length=config.max_length)
-    model = _llama(config, len(tokenizer), tokenizer, seed)
+    model = _llama(config, len(tokenizer), tokenizer, seed).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                             betas=(0.9, 0.98))
@@ -329,7 +332,7 @@ def train_memorizer(
         for start in range(0, len(order), config.batch_size):
             batch = collate([items[i] for i in order[start : start + config.batch_size]], tokenizer.pad_token_id)
             batch.pop("index", None)
-            loss = model(**batch).loss
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -340,21 +343,29 @@ def train_memorizer(
         epoch_losses.append(running / steps_per_epoch)
         bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
     bar.close()
-    model.eval()
+    model.cpu().eval()
     model.train_losses = epoch_losses
     logger.info(f"trained {desc}: {total} steps, final epoch loss {epoch_losses[-1]:.4f}")
     return model
 
 
-def _world_key(people: int, seed: int, config: ToyTrainConfig) -> str:
-    blob = json.dumps({"version": TOY_VERSION, "people": people, "seed": seed, "train": asdict(config)},
-                      sort_keys=True)
+def device_tag(device: str) -> dict[str, str]:
+    """The training device's part of a world's cache key: empty on the CPU (so CPU keys are unchanged), else
+    the device type (a world trained on a GPU has other weights than the same world trained on the CPU)."""
+    kind = str(device).split(":")[0]
+    return {} if kind == "cpu" else {"device": kind}
+
+
+def _world_key(people: int, seed: int, config: ToyTrainConfig, device: str = "cpu") -> str:
+    blob = json.dumps({"version": TOY_VERSION, "people": people, "seed": seed, "train": asdict(config),
+                       **device_tag(device)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def default_world_dir(people: int = 40, seed: int = 0, config: ToyTrainConfig | None = None) -> Path:
+def default_world_dir(people: int = 40, seed: int = 0, config: ToyTrainConfig | None = None,
+                      device: str = "cpu") -> Path:
     """Cache folder of the world with these parameters: ``<cache>/toy/people<N>-seed<S>-<key>``."""
-    key = _world_key(people, seed, config or ToyTrainConfig())
+    key = _world_key(people, seed, config or ToyTrainConfig(), device)
     return cache_dir() / "toy" / f"people{people}-seed{seed}-{key}"
 
 
@@ -448,6 +459,7 @@ def train_world(
     start: float,
     desc: str = "",
     max_new_tokens: int = 48,
+    device: str = "cpu",
 ) -> ToyWorld:
     """Train a world's tokenizer, memorizer (forget+retain) and retain model, score them, save atomically.
 
@@ -462,6 +474,7 @@ def train_world(
     :param start: ``time.perf_counter()`` when the build started (for ``build_seconds``)
     :param desc: label prefix for progress bars and logs
     :param max_new_tokens: longest generated answer when scoring ROUGE-L
+    :param device: where the models are trained (``world.json`` records it)
     """
     from sau_compress.tokenizer import train_bpe_tokenizer
 
@@ -470,10 +483,13 @@ def train_world(
     tokenizer = train_bpe_tokenizer(corpus, vocab_size=config.vocab_size)
     sizes = {k: len(v) for k, v in splits.items()}
     logger.info(f"{label}world: {people} people, {sizes} QA records, tokenizer of {len(tokenizer)} tokens")
-    memorizer = train_memorizer(splits["forget"] + splits["retain"], tokenizer, config, seed, f"{label}memorizer")
-    retain_model = train_memorizer(splits["retain"], tokenizer, config, seed, f"{label}retain model")
-    rouge = rouge_by_split(memorizer, tokenizer, splits, max_new_tokens)
-    retain_rouge = rouge_by_split(retain_model, tokenizer, splits, max_new_tokens)
+    memorizer = train_memorizer(splits["forget"] + splits["retain"], tokenizer, config, seed, f"{label}memorizer",
+                                device)
+    retain_model = train_memorizer(splits["retain"], tokenizer, config, seed, f"{label}retain model", device)
+    rouge = rouge_by_split(memorizer.to(device), tokenizer, splits, max_new_tokens)
+    retain_rouge = rouge_by_split(retain_model.to(device), tokenizer, splits, max_new_tokens)
+    memorizer.cpu()
+    retain_model.cpu()
     parameters = sum(p.numel() for p in memorizer.parameters())
     build_seconds = time.perf_counter() - start
     record = {
@@ -482,6 +498,7 @@ def train_world(
         "seed": seed,
         "train": asdict(config),
         "sizes": sizes,
+        "train_device": str(device),
         **meta,
         "rouge": rouge,
         "retain_model_rouge": retain_rouge,
@@ -523,6 +540,7 @@ def build_toy_world(
     out: str | Path | None = None,
     force: bool = False,
     config: ToyTrainConfig | None = None,
+    device: str = "cpu",
 ) -> ToyWorld:
     """Build (or reuse) the toy world: data splits, tokenizer, memorizer and retain model.
 
@@ -534,14 +552,15 @@ def build_toy_world(
     :param out: folder to build into; an existing folder that holds another world is refused
     :param force: rebuild even when a matching world exists
     :param config: model and training hyperparameters
+    :param device: where the models are trained; a world trained off the CPU is cached under another key
     :return: paths and memorization figures (greedy-answer ROUGE-L recall per split)
     """
     config = config or ToyTrainConfig()
     start = time.perf_counter()
     if people < MIN_PEOPLE:
         raise ValueError(f"--people must be at least {MIN_PEOPLE} (one person per split), got {people}")
-    key = _world_key(people, seed, config)
-    root = Path(out).expanduser().absolute() if out is not None else default_world_dir(people, seed, config)
+    key = _world_key(people, seed, config, device)
+    root = Path(out).expanduser().absolute() if out is not None else default_world_dir(people, seed, config, device)
     cached = reuse_world(root, key, force, start, "toy", "--out ")
     if cached is not None:
         return cached
@@ -554,7 +573,7 @@ def build_toy_world(
         for i, row in enumerate(rows):
             row["index"] = i
     meta = {"version": TOY_VERSION, "splits": split}
-    return train_world(root, key, splits, qa_corpus(records), config, seed, people, meta, start)
+    return train_world(root, key, splits, qa_corpus(records), config, seed, people, meta, start, device=device)
 
 
 #: Words that stand for a bundled model wherever a model path is expected.

@@ -104,3 +104,18 @@ def test_tofu_subset_selection() -> None:
     assert forget_q.isdisjoint(r["question"] for r in splits["retain"] + splits["holdout"])
     with pytest.raises(ValueError, match="retain_authors"):
         select_tofu_subset(TOFU_DIR, retain_authors=0)
+
+
+def test_parallel_parts_and_worker_arguments() -> None:
+    import headline
+
+    args = headline.build_parser().parse_args(["--full-matrix", "--worlds", "toy"])
+    cells, modes = headline._plan(args, "toy")
+    assert sorted(cells) == ["grad_ascent", "grad_diff", "npo", "simnpo"]
+    assert len(cells["npo"]) == 6 and modes == ["dense", "masked", "topk", "sau"]
+    # the default slice: only grad_diff runs on every pruning setting of the toy world
+    default, _ = headline._plan(headline.build_parser().parse_args([]), "toy")
+    assert [len(default[m]) for m in ("grad_diff", "npo", "simnpo", "grad_ascent")] == [6, 1, 1, 1]
+    argv = ["--full-matrix", "--worlds", "tofu,toy", "--seeds=3", "--jobs", "4", "--fresh", "--lr", "npo=1e-3",
+            "--out", "x", "--threads", "2"]
+    assert headline._strip_options(argv, headline._PER_PART) == ["--full-matrix", "--lr", "npo=1e-3"]
