@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = "python benchmarks/headline.py " + " ".join(shlex.quote(a) for a in argv)
     threads, wall = args.threads, time.perf_counter() - started
+    batch_size, check_every = args.batch_size, args.check_every
     if args.report_only:
         # the last report's command and settings; without one (a run cut short), this invocation's flags
         previous = out / "headline_meta.json"
@@ -238,16 +239,18 @@ def main(argv: list[str] | None = None) -> int:
             old = json.loads(previous.read_text())
             command, seeds, device, threads, jobs = (old[k] for k in ("command", "seeds", "device", "threads", "jobs"))
             lrs, wall, labels = old["learning_rates"], old["wall_seconds"], [w["world"] for w in old["worlds"]]
+            batch_size, check_every = old["batch_size"], old["check_every"]
             worlds = [label.split("-")[0] for label in labels]
         else:
             command = command.replace(" --report-only", "") + "  (cut short; report rendered afterwards)"
+            wall = None
     # the command's own runs: records made with another learning rate (an earlier grid) stay in the file
     records = [r for r in _read_records(runs_path) if r.get("learning_rate") == lrs.get(r["method"])]
     metas = [json.loads((out / f"headline_meta_{w}.json").read_text()) for w in labels
              if (out / f"headline_meta_{w}.json").is_file()]
     meta = {
         "command": command, "seeds": seeds, "device": device, "threads": threads, "jobs": jobs,
-        "learning_rates": lrs, "batch_size": args.batch_size, "check_every": args.check_every,
+        "learning_rates": lrs, "batch_size": batch_size, "check_every": check_every,
         "worlds": [m["world"] for m in metas], "starts": [s for m in metas for s in m["starts"]],
         "plans": {m["world"]["world"]: m["plan"] for m in metas},
         "wall_seconds": wall,
@@ -290,7 +293,7 @@ def _strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
 def _run_parallel(args: argparse.Namespace, argv: list[str], worlds: list[str], tasks: list[tuple[str, int, str]],
                   jobs: int, lrs: dict[str, float], device: str, out: Path, work: Path, quick: bool) -> None:
     """Prepare every world here (prune, evaluate the starting points), then run each (world, seed, base
-    method) part in a worker process, at most ``jobs`` at a time, TOFU parts first (they are the longest).
+    method) part in a worker process, at most ``jobs`` at a time, base method by base method.
 
     Tiny models do not scale with threads, one-thread processes do; workers append to the same JSONL file
     (one ``write`` per line, in append mode).
@@ -301,7 +304,11 @@ def _run_parallel(args: argparse.Namespace, argv: list[str], worlds: list[str], 
         _run_world(args, world, sorted({t[1] for t in tasks}), lrs, device, out, work, quick, prepare_only=True)
     base = _strip_options(argv, _PER_PART)
     threads = max(1, args.threads // jobs) if device == "cpu" else args.threads
-    pending = sorted(tasks, key=lambda t: (t[0] != "tofu", t[1]))
+    # whole base methods first (a run stopped early then lacks whole methods, not scattered cells); within a
+    # method seed by seed, the longer TOFU part first
+    # SimNPO last: on pruned models it mostly runs to the step cap (see docs/results.md)
+    order = ("grad_diff", "npo", "grad_ascent", "simnpo")
+    pending = sorted(tasks, key=lambda t: (order.index(t[2]), t[1], t[0] != "tofu"))
     running: list[tuple[tuple[str, int, str], Any]] = []
     failed: list[tuple[str, int, str]] = []
     while pending or running:

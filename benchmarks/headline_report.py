@@ -9,7 +9,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TABLE_COLUMNS", "comparison_rows", "group_rows", "plot_tradeoffs", "plot_sweep", "render_markdown"]
+__all__ = ["PAIRED_COLUMNS", "TABLE_COLUMNS", "comparison_rows", "group_rows", "paired_rows", "plot_tradeoffs",
+           "plot_sweep", "render_markdown"]
 
 #: columns of the main table (one row per world, setting, method and mode; mean ± std over seeds)
 TABLE_COLUMNS = (
@@ -46,6 +47,12 @@ def _groups(records: Sequence[dict[str, Any]], kinds: Sequence[str]) -> dict[tup
     return groups
 
 
+def _memory_ok(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs whose peak memory is valid: ``peak_memory_undercounted`` marks CPU ``dense`` runs recorded before
+    ``unlearn`` counted torch AdamW's lazily created state (their other figures are unaffected)."""
+    return [r for r in runs if not r.get("peak_memory_undercounted")]
+
+
 def _setting_order(setting: str) -> tuple:
     return (setting != "unpruned", setting)
 
@@ -71,7 +78,7 @@ def group_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
             "aggregate": _mean_std([r["aggregate"] for r in runs]),
             "train s": _mean_std([r["train_seconds"] for r in runs], 2),
             "s/step": _mean_std([r["seconds_per_step"] for r in runs], 3),
-            "peak MiB": _mean_std([r["peak_memory_bytes"] / 2**20 for r in runs], 2),
+            "peak MiB": _mean_std([r["peak_memory_bytes"] / 2**20 for r in _memory_ok(runs)], 2),
         })
     return rows
 
@@ -115,10 +122,58 @@ def comparison_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
             "Δ aggregate": _diff(sau, dense, "aggregate"),
             "sau steps / dense": _ratio(sau, dense, "steps"),
             "sau time / dense": _ratio(sau, dense, "train_seconds"),
-            "sau memory / dense": _ratio(sau, dense, "peak_memory_bytes"),
+            "sau memory / dense": _ratio(_memory_ok(sau), _memory_ok(dense), "peak_memory_bytes"),
             "sau reached": f"{sum(r['reached'] for r in sau)}/{len(sau)}",
             "dense reached": f"{sum(r['reached'] for r in dense)}/{len(dense)}",
         })
+    return rows
+
+
+PAIRED_COLUMNS = (
+    "world", "pruner", "pair", "pairs", "not reached", "Δ log10 FQ", "FQ higher", "Δ utility", "utility higher",
+    "Δ aggregate", "aggregate higher", "steps ratio", "time ratio", "memory ratio",
+)
+#: (a, b): each row compares mode a against mode b
+PAIRS = (("sau", "dense"), ("topk", "dense"), ("sau", "topk"), ("masked", "dense"))
+
+
+def paired_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """Paired differences a − b at matched forgetting: runs of the same world, pruning setting, base method,
+    seed and learning rate, kept only when **both** reached the forgetting target (the pairs where either
+    did not are counted in ``not reached``). One row per world x pruner (structures and base methods pooled)
+    and per world over all pruners. Ratios are ratios of sums (a / b) over the pairs."""
+    runs: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in records:
+        if r["kind"] == "matrix" and r["setting"] != "unpruned":
+            runs[(r["world"], r["setting"], r["method"], r["seed"], r["learning_rate"])][r["mode"]] = r
+    rows = []
+    worlds = sorted({k[0] for k in runs})
+    for world in worlds:
+        pruners = sorted({k[1].split(" ")[0] for k in runs if k[0] == world})
+        for pruner in [*pruners, "all"]:
+            for a, b in PAIRS:
+                both = [(m[a], m[b]) for k, m in sorted(runs.items(), key=lambda kv: str(kv[0]))
+                        if k[0] == world and pruner in ("all", k[1].split(" ")[0]) and a in m and b in m]
+                if not both:
+                    continue
+                ok = [(x, y) for x, y in both if x["reached"] and y["reached"]]
+                row = {"world": world, "pruner": pruner, "pair": f"{a} − {b}", "pairs": str(len(ok)),
+                       "not reached": str(len(both) - len(ok))}
+                if ok:
+                    for delta_col, wins_col, key in (("Δ log10 FQ", "FQ higher", "forget_quality"),
+                                                     ("Δ utility", "utility higher", "model_utility"),
+                                                     ("Δ aggregate", "aggregate higher", "aggregate")):
+                        f = _log_fq if key == "forget_quality" else (lambda v: v)
+                        deltas = [f(x[key]) - f(y[key]) for x, y in ok
+                                  if x[key] is not None and y[key] is not None]
+                        row[delta_col] = f"{statistics.fmean(deltas):+.3f}" if deltas else "–"
+                        row[wins_col] = f"{sum(d > 0 for d in deltas)}/{len(deltas)}"
+                    for col, key in (("steps ratio", "steps"), ("time ratio", "train_seconds"),
+                                     ("memory ratio", "peak_memory_bytes")):
+                        use = [(x, y) for x, y in ok if key != "peak_memory_bytes" or len(_memory_ok([x, y])) == 2]
+                        den = sum(y[key] or 0 for _, y in use)
+                        row[col] = f"{sum(x[key] or 0 for x, _ in use) / den:.2f}" if den else "–"
+                rows.append(row)
     return rows
 
 
@@ -161,7 +216,7 @@ def render_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any],
     parts = ["# Headline benchmark output", ""]
     parts += [f"- command: `{meta.get('command')}`", f"- seeds: {meta.get('seeds')}, device: {meta.get('device')}, "
               f"torch threads: {meta.get('threads')}, parallel processes: {meta.get('jobs')}, "
-              f"wall time: {meta.get('wall_seconds', 0):.0f} s",
+              f"wall time: {_wall(meta.get('wall_seconds'))}",
               f"- learning rate per method (AdamW, same for every mode): {meta.get('learning_rates')}, batch size "
               f"{meta.get('batch_size')}, forgetting checked every {meta.get('check_every')} steps"]
     busy = sum((r.get("train_seconds") or 0) + (r.get("check_seconds") or 0) + (r.get("eval_seconds") or 0)
@@ -187,6 +242,9 @@ def render_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any],
         )
     parts += ["", "## SAU against the dense baseline (per pruning method; both structures, all seeds)", ""]
     parts.append(markdown_table(comparison_rows(records), COMPARISON_COLUMNS))
+    parts += ["", "## Paired differences at matched forgetting (same setting, method, seed; both runs reached the "
+              "target)", ""]
+    parts.append(markdown_table(paired_rows(records), PAIRED_COLUMNS))
     parts += ["", "## All cells (mean ± std over seeds)", ""]
     parts.append(markdown_table(group_rows(records), TABLE_COLUMNS))
     for sweep in sweeps:
@@ -195,6 +253,10 @@ def render_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any],
             parts += ["", f"## topk_ratio × alpha sweep ({sweep[0]}, {sweep[1]}, {sweep[2]}, mode sau)", ""]
             parts.append(markdown_table(rows, SWEEP_COLUMNS))
     return "\n".join(parts) + "\n"
+
+
+def _wall(seconds: float | None) -> str:
+    return "not recorded (run cut short)" if seconds is None else f"{seconds:.0f} s"
 
 
 def _fmt_dict(d: dict[str, float]) -> str:

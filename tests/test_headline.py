@@ -119,3 +119,26 @@ def test_parallel_parts_and_worker_arguments() -> None:
     argv = ["--full-matrix", "--worlds", "tofu,toy", "--seeds=3", "--jobs", "4", "--fresh", "--lr", "npo=1e-3",
             "--out", "x", "--threads", "2"]
     assert headline._strip_options(argv, headline._PER_PART) == ["--full-matrix", "--lr", "npo=1e-3"]
+
+
+def test_paired_rows_keep_only_pairs_that_both_reached_the_target() -> None:
+    from headline_report import PAIRED_COLUMNS, paired_rows
+
+    def rec(mode: str, seed: int, mu: float, fq: float, steps: int, reached: bool = True) -> dict:
+        return {"world": "toy", "kind": "matrix", "setting": "wanda 2:4", "method": "npo", "mode": mode,
+                "seed": seed, "learning_rate": 1e-3, "reached": reached, "steps": steps, "forget_quality": fq,
+                "model_utility": mu, "aggregate": mu, "train_seconds": float(steps), "peak_memory_bytes": 100}
+
+    records = [rec("dense", 0, 0.4, 1e-2, 10), rec("sau", 0, 0.5, 1e-1, 15),
+               rec("dense", 1, 0.6, 1e-2, 10), rec("sau", 1, 0.5, 1e-3, 25),
+               rec("dense", 2, 0.6, 1e-2, 10), rec("sau", 2, 0.9, 1.0, 120, reached=False)]
+    rows = paired_rows(records)
+    assert [(r["pruner"], r["pair"]) for r in rows] == [("wanda", "sau − dense"), ("all", "sau − dense")]
+    row = rows[0]
+    assert set(row) == set(PAIRED_COLUMNS)
+    assert (row["pairs"], row["not reached"]) == ("2", "1")
+    assert row["Δ utility"] == "+0.000"  # (+0.1 - 0.1) / 2
+    assert row["utility higher"] == "1/2"
+    assert row["Δ log10 FQ"] == "+0.000" and row["FQ higher"] == "1/2"  # +1 and -1 decades
+    assert row["steps ratio"] == "2.00"  # (15 + 25) / (10 + 10)
+    assert row["memory ratio"] == "1.00"
