@@ -220,13 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.jobs if args.jobs is not None else (2 if device == "cpu" else 1)
     started = time.perf_counter()
     tasks = [(w, s, m) for w in worlds for s in seeds for m in _plan(args, w)[0]]
-    if args.report_only:
-        pass
-    elif jobs > 1 and len(tasks) > 1 and not args.worker:
-        _run_parallel(args, argv, worlds, tasks, jobs, lrs, device, out, work, quick)
-    else:
-        for world in worlds:
-            _run_world(args, world, seeds, lrs, device, out, work, quick)
+    if not args.report_only:
+        if jobs > 1 and len(tasks) > 1 and not args.worker:
+            _run_parallel(args, argv, worlds, tasks, jobs, lrs, device, out, work, quick)
+        else:
+            for world in worlds:
+                _run_world(args, world, seeds, lrs, device, out, work, quick)
     if args.no_report:
         return 0
     command = "python benchmarks/headline.py " + " ".join(shlex.quote(a) for a in argv)
@@ -274,8 +273,9 @@ _PER_PART = ("--worlds", "--jobs", "--first-seed", "--seeds", "--threads", "--ou
 
 
 def _strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
-    """``argv`` without the options ``names`` (``--opt value`` and ``--opt=value`` forms)."""
-    flags = {"--fresh"}
+    """``argv`` without the options ``names`` (``--opt value`` and ``--opt=value`` forms; whether an option
+    takes a value is read from :func:`build_parser`)."""
+    actions = build_parser()._option_string_actions
     kept: list[str] = []
     skip = False
     for a in argv:
@@ -284,7 +284,7 @@ def _strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
             continue
         name = a.split("=", 1)[0]
         if name in names:
-            skip = "=" not in a and name not in flags
+            skip = "=" not in a and actions[name].nargs != 0
             continue
         kept.append(a)
     return kept

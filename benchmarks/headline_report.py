@@ -146,13 +146,14 @@ def paired_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
     for r in records:
         if r["kind"] == "matrix" and r["setting"] != "unpruned":
             runs[(r["world"], r["setting"], r["method"], r["seed"], r["learning_rate"])][r["mode"]] = r
+    ordered = sorted(runs.items(), key=lambda kv: str(kv[0]))
     rows = []
     worlds = sorted({k[0] for k in runs})
     for world in worlds:
         pruners = sorted({k[1].split(" ")[0] for k in runs if k[0] == world})
         for pruner in [*pruners, "all"]:
             for a, b in PAIRS:
-                both = [(m[a], m[b]) for k, m in sorted(runs.items(), key=lambda kv: str(kv[0]))
+                both = [(m[a], m[b]) for k, m in ordered
                         if k[0] == world and pruner in ("all", k[1].split(" ")[0]) and a in m and b in m]
                 if not both:
                     continue
