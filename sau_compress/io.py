@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sau_compress.errors import OutputExistsError
+
 __all__ = ["OutputExistsError", "atomic_output_dir", "cache_dir", "check_writable_parent"]
-
-
-class OutputExistsError(FileExistsError):
-    """The output folder exists and ``overwrite`` was not given."""
 
 
 def cache_dir() -> Path:

@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sau_compress.data import collate, pair_forget_retain, sequential_batches
+from sau_compress.errors import NonFiniteLossError
 from sau_compress.losses import (
     LOSSES,
     RETAIN_LOSSES,
@@ -54,10 +55,6 @@ from sau_compress.saliency import compute_fisher
 __all__ = ["MODES", "NonFiniteLossError", "UnlearnConfig", "UnlearnResult", "unlearn"]
 
 MODES = ("sau", "dense", "masked", "topk")
-
-
-class NonFiniteLossError(FloatingPointError, ValueError):
-    """A loss or gradient became NaN/inf; the model is left as it was before that step."""
 
 
 def _one_of(field: str, value: str, choices: Sequence[str]) -> str:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from sau_compress.errors import CorruptCheckpointError
+
 __all__ = [
     "BITMASK_DTYPE",
     "SHAPE_DTYPE",
@@ -38,10 +40,6 @@ _FP8_DTYPES = tuple(
     getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
     if hasattr(torch, name)
 )
-
-
-class CorruptCheckpointError(ValueError):
-    """A checkpoint file or tensor does not hold what its format promises (the message names file and tensor)."""
 
 
 def _int_view(tensor: torch.Tensor) -> torch.Tensor:
