@@ -102,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render the table and plots from the runs and meta already in --out; run nothing")
     p.add_argument("--out", default=None, help="output folder (default: docs; quick: <cache>/headline/quick)")
     p.add_argument("--work", default=None, help="cache of pruned folders (default: <cache>/headline)")
-    p.add_argument("--tofu-dir", default=None, help="TOFU data folder (default: $SAU_COMPRESS_TOFU_DIR or "
-                                                   "../shared/data/tofu)")
+    p.add_argument("--tofu-dir", default=None, help="TOFU data folder (default: $SAU_COMPRESS_TOFU_DIR)")
     p.add_argument("--fresh", action="store_true", help="ignore runs already recorded in the output")
     p.add_argument("--json", action="store_true", help="print the comparison rows as JSON at the end")
     p.add_argument("--jobs", type=int, default=None,
@@ -129,7 +128,7 @@ def _csv(value: str | None) -> list[str] | None:
 #: in parallel). ``cells``: base method -> the pruning settings it runs on.
 #: - toy: grad_diff on every pruner x structure; npo, simnpo and grad_ascent on SparseGPT 2:4; modes
 #:   dense/topk/sau. ``masked`` follows the same trajectory as ``dense`` (elementwise AdamW, no clipping; see
-#:   DESIGN.md), which the TOFU world shows run by run.
+#:   docs/design.md), which the TOFU world shows run by run.
 #: - tofu (3-4x longer sequences): grad_diff on every pruner at 2:4, all four modes.
 #: ``--full-matrix`` runs every pruner x structure x method x mode in both worlds (a GPU-sized job); any of
 #: --pruners/--structures/--methods also switches to the rectangular product of the given lists.

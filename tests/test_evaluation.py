@@ -182,7 +182,7 @@ def test_required_metrics_and_unknown_names():
         suite_specs("muse")
 
 
-@pytest.mark.skipif(not TOFU_DIR.is_dir(), reason="the shared TOFU copy is not present")
+@pytest.mark.skipif(not TOFU_DIR.is_dir(), reason="TOFU data not found: set $SAU_COMPRESS_TOFU_DIR")
 def test_tofu_files_load_as_they_are():
     sets = load_suite_data("tofu", TOFU_DIR, forget_split="forget05", limit=3)
     assert {k: len(v) for k, v in sets.items()} == {
@@ -195,7 +195,7 @@ def test_tofu_files_load_as_they_are():
         load_suite_data("tofu", TOFU_DIR, forget_split="forget20")
 
 
-@pytest.mark.skipif(not TOFU_DIR.is_dir(), reason="the shared TOFU copy is not present")
+@pytest.mark.skipif(not TOFU_DIR.is_dir(), reason="TOFU data not found: set $SAU_COMPRESS_TOFU_DIR")
 def test_tofu_suite_real_authors_block(tiny_model, tokenizer):
     out = evaluate(tiny_model, tokenizer, "tofu", TOFU_DIR, limit=2, max_new_tokens=2,
                    metrics=["ra_Q_A_Prob_normalised", "ra_Truth_Ratio"])
