@@ -31,7 +31,8 @@ Per run: forget quality (KS p-value of forget truth ratios against the retain mo
 (:func:`headline_core.aggregate_score`), steps to target, training wall time (forgetting checks excluded),
 peak memory (CUDA: max allocated; CPU: the training state the loop holds).
 
-Outputs in ``--out`` (default ``docs``): ``headline_runs.jsonl``, ``headline_meta.json``,
+Outputs in ``--out`` (default ``docs/results/headline``; ``docs/results/headline_<size>`` for a non-tiny
+``--model-size``): ``headline_runs.jsonl``, ``headline_meta.json``,
 ``headline_table.md``, ``plots/headline_<world>.png``, ``plots/headline_sweep_<world>.png``.
 """
 
@@ -100,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="world model size (default: tiny on CPU, large on CUDA; see headline_core.MODEL_SIZES)")
     p.add_argument("--report-only", action="store_true",
                    help="render the table and plots from the runs and meta already in --out; run nothing")
-    p.add_argument("--out", default=None, help="output folder (default: docs; quick: <cache>/headline/quick)")
+    p.add_argument("--out", default=None, help="output folder (default: docs/results/headline; quick: "
+                                               "<cache>/headline/quick)")
     p.add_argument("--work", default=None, help="cache of pruned folders (default: <cache>/headline)")
     p.add_argument("--tofu-dir", default=None, help="TOFU data folder (default: $SAU_COMPRESS_TOFU_DIR)")
     p.add_argument("--fresh", action="store_true", help="ignore runs already recorded in the output")
@@ -206,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     size = args.model_size or ("tiny" if device == "cpu" else "large")
     args.model_size = size
     labels = [core.world_label(w, size) for w in worlds]
-    default_out = Path("docs") if size == "tiny" else Path("docs") / f"headline_{size}"
+    results = Path("docs") / "results"
+    default_out = results / "headline" if size == "tiny" else results / f"headline_{size}"
     out = Path(args.out) if args.out else (core.default_work_dir() / "quick" if quick else default_out)
     work = Path(args.work) if args.work else core.default_work_dir()
     out.mkdir(parents=True, exist_ok=True)
