@@ -113,10 +113,10 @@ class World:
         }
 
 
-def default_tofu_dir() -> Path | None:
-    """``$SAU_COMPRESS_TOFU_DIR``, else ``None`` (building the TOFU world then fails, asking for a folder)."""
+def default_tofu_dir() -> Path:
+    """``$SAU_COMPRESS_TOFU_DIR``, else the TOFU copy bundled with the repository (``data/tofu``)."""
     env = os.environ.get("SAU_COMPRESS_TOFU_DIR")
-    return Path(env) if env else None
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "data" / "tofu"
 
 
 def _evenly(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(stderr=False)
@@ -40,12 +41,14 @@ def kv_table(title: str, rows: dict[str, Any]) -> Table:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn expected user errors into a one-line message and exit code 2 (no traceback)."""
+    """Turn the errors a user can cause (:class:`sau_compress.errors.SauCompressError`) into a one-line
+    message and exit code 2; anything else is a bug and shows its traceback."""
+    from sau_compress.errors import SauCompressError
+
     try:
         yield
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError, TypeError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        err_console.print(f"[bold red]error:[/] {msg}")
+    except SauCompressError as err:
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(code=2) from err
 
 

@@ -13,8 +13,6 @@ import typer
 from sau_compress.cli._common import JSON_OPTION, console, emit, kv_table, stdout_to_stderr, user_errors
 from sau_compress.cli.run_cmd import _render_run
 
-DEMO_RECIPE = "sparsegpt-2of4-sau-graddiff"
-
 
 def _render(result: dict[str, Any]) -> None:
     world = result["toy_world"]
@@ -36,17 +34,10 @@ def demo(
     The toy world is built on first use (no download); the forget people are unlearned with SAU (GradDiff)
     and the result is written as a sparse-24-bitmask checkpoint.
     """
-    from sau_compress.io import cache_dir
-    from sau_compress.pipeline import run as run_pipeline
-    from sau_compress.toy import build_toy_world
+    from sau_compress.pipeline import demo as run_demo
 
     with user_errors(), stdout_to_stderr(as_json):
-        world = build_toy_world()
-        # the default output lives in our own cache and is replaced on each demo run; a folder the user
-        # names is never overwritten
-        target = output if output is not None else cache_dir() / "demo" / DEMO_RECIPE
-        run = run_pipeline("toy", DEMO_RECIPE, target, overwrite=output is None, device=device)
-        result = {"toy_world": world.to_dict(), "run": run}
+        result = run_demo(output, device)
     emit(result, as_json, _render)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +9,6 @@ import typer
 from rich.table import Table
 
 from sau_compress.cli._common import JSON_OPTION, console, emit, kv_table, user_errors
-
-
-def _resolve_source(src: str) -> Path:
-    """A model folder, or ``toy`` for the embedded toy memorizer (built on first use)."""
-    path = Path(src).expanduser()
-    if path.exists() or src != "toy":
-        return path
-    from sau_compress.toy import resolve_model_path
-
-    return resolve_model_path(src)
 
 
 def _mb(n: int) -> str:
@@ -82,22 +71,10 @@ def export(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Write a checkpoint as sparse-24-bitmask or dense, atomically and verified, with a sidecar record."""
-    from sau_compress.export import FORMATS, SIDECAR_NAME, export_checkpoint
+    from sau_compress.pipeline import export_model
 
     with user_errors():
-        if fmt not in FORMATS:
-            raise typer.BadParameter(f"'{fmt}' is not a format; choose from {list(FORMATS)}", param_hint="--format")
-        extra = None
-        if metadata is not None:
-            try:
-                extra = json.loads(metadata.read_text())
-            except json.JSONDecodeError as err:
-                raise ValueError(f"--metadata {metadata}: not valid JSON ({err})") from err
-            if not isinstance(extra, dict):
-                raise ValueError(f"--metadata {metadata}: expected a JSON object")
-        out = export_checkpoint(_resolve_source(src), output, format=fmt, metadata=extra, overwrite=overwrite)
-        result = json.loads((out / SIDECAR_NAME).read_text())
-    result["output"] = str(out)
+        result = export_model(src, fmt, output, overwrite=overwrite, metadata=metadata)
     emit(result, as_json, _render_export)
 
 
@@ -106,10 +83,10 @@ def inspect(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Per-layer shape, sparsity and 2:4 validity, weight bytes, format, and which vLLM can serve it."""
-    from sau_compress.export import inspect_checkpoint
+    from sau_compress.pipeline import inspect_model
 
     with user_errors():
-        result = inspect_checkpoint(_resolve_source(path))
+        result = inspect_model(path)
     emit(result, as_json, _render_inspect)
 
 

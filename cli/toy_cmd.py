@@ -39,14 +39,11 @@ def build(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Build (or reuse) the toy world and print where it is and how well the memorizer remembers."""
-    from sau_compress.toy import MIN_PEOPLE, build_toy_world
+    from sau_compress.pipeline import build_world
 
     with user_errors():
-        if people < MIN_PEOPLE:
-            raise typer.BadParameter(f"must be at least {MIN_PEOPLE} (one person per split), got {people}",
-                                     param_hint="--people")
-        world = build_toy_world(people=people, seed=seed, out=out, force=force)
-    emit(world.to_dict(), as_json, _render)
+        result = build_world(people=people, seed=seed, out=out, force=force)
+    emit(result, as_json, _render)
 
 
 def register(app: typer.Typer) -> None:

@@ -15,11 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from sau_compress.errors import InputNotFoundError, UserError
+from sau_compress.losses import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
     "PROMPT_TEMPLATE",
     "QARecord",
+    "QASetSpec",
     "collate",
     "format_prompt",
     "load_qa",
@@ -30,7 +35,6 @@ __all__ = [
     "tokenize_records",
 ]
 
-IGNORE_INDEX = -100
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 
 QARecord = dict[str, Any]
@@ -46,7 +50,7 @@ def format_prompt(question: str, tokenizer: Any = None, chat_template: bool = Fa
     """
     if chat_template:
         if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError("chat_template=True needs a tokenizer that defines a chat template")
+            raise UserError("chat_template=True needs a tokenizer that defines a chat template")
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
         )
@@ -64,7 +68,7 @@ def _answer_ids(tokenizer: Any, answer: str, chat_template: bool) -> list[int]:
     text = answer if chat_template else " " + answer
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos_token_id; answers must end with EOS")
+        raise UserError("the tokenizer has no eos_token_id; answers must end with EOS")
     return ids + [int(tokenizer.eos_token_id)]
 
 
@@ -83,13 +87,13 @@ def tokenize_qa(
     :raises ValueError: nothing of the answer is left within ``max_length``
     """
     if max_length < 2:
-        raise ValueError(f"max_length must be at least 2, got {max_length}")
+        raise UserError(f"max_length must be at least 2, got {max_length}")
     p = prompt_ids(tokenizer, question, chat_template)
     a = _answer_ids(tokenizer, answer, chat_template)
     ids = (p + a)[:max_length]
     labels = ([IGNORE_INDEX] * len(p) + a)[:max_length]
     if all(label == IGNORE_INDEX for label in labels):
-        raise ValueError(
+        raise UserError(
             f"prompt of {len(p)} tokens leaves no answer token within max_length={max_length}: {question[:60]!r}"
         )
     return {"input_ids": ids, "labels": labels}
@@ -147,13 +151,13 @@ def _read_json_records(path: Path) -> list[QARecord]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+                    raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
         return rows
     data = json.loads(text)
     if isinstance(data, dict) and "data" in data:
         data = data["data"]
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
+        raise UserError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
     return data
 
 
@@ -174,9 +178,8 @@ def load_qa(
     :param answer_key: field holding the answer
     :param split: split of a saved DatasetDict or hub dataset (default ``train``)
     :param limit: keep only the first ``limit`` rows
-    :raises FileNotFoundError: a path-like source that does not exist
-    :raises KeyError: a record without the question or answer field
-    :raises ValueError: an empty set
+    :raises InputNotFoundError: a path-like source that does not exist
+    :raises UserError: a record without the question or answer field, an unreadable file, an empty set
     """
     path = Path(source).expanduser()
     if path.is_file():
@@ -187,7 +190,7 @@ def load_qa(
 
             rows = list(datasets.Dataset.from_parquet(str(path)))
         else:
-            raise ValueError(f"{path}: unsupported file type '{path.suffix}'; use .json, .jsonl or .parquet")
+            raise UserError(f"{path}: unsupported file type '{path.suffix}'; use .json, .jsonl or .parquet")
     elif path.is_dir():
         import datasets
 
@@ -201,19 +204,19 @@ def load_qa(
         name, _, config = str(source).partition(":")
         rows = list(datasets.load_dataset(name, config or None, split=split or "train"))
     else:
-        raise FileNotFoundError(f"QA set '{source}' not found (expected a .json/.jsonl/.parquet file, "
+        raise InputNotFoundError(f"QA set '{source}' not found (expected a .json/.jsonl/.parquet file, "
                                 "a saved datasets folder, or a hub name org/name)")
     if limit is not None:
         rows = rows[:limit]
     if not rows:
-        raise ValueError(f"QA set '{source}' is empty")
+        raise UserError(f"QA set '{source}' is empty")
     out = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise ValueError(f"{source}: record {i} is not an object")
+            raise UserError(f"{source}: record {i} is not an object")
         for key in (question_key, answer_key):
             if key not in row:
-                raise KeyError(f"{source}: record {i} has no field '{key}' (fields: {sorted(row)})")
+                raise UserError(f"{source}: record {i} has no field '{key}' (fields: {sorted(row)})")
         rec = dict(row)
         rec["question"] = row[question_key]
         rec["answer"] = row[answer_key]
@@ -247,13 +250,13 @@ def pair_forget_retain(
     :return: one ``(forget positions, retain positions)`` pair per step
     """
     if n_forget < 1:
-        raise ValueError("the forget set is empty")
+        raise UserError("the forget set is empty")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
     if max_steps is None and epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
+        raise UserError(f"epochs must be at least 1, got {epochs}")
     if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+        raise UserError(f"max_steps must be at least 1, got {max_steps}")
     steps_per_epoch = -(-n_forget // batch_size)
     total = max_steps if max_steps is not None else epochs * steps_per_epoch
     plan: list[tuple[list[int], list[int]]] = []
@@ -271,6 +274,29 @@ def pair_forget_retain(
 def sequential_batches(n: int, batch_size: int, limit: int | None = None) -> list[list[int]]:
     """Positions ``0..n-1`` in order, ``batch_size`` at a time (the last may be smaller), at most ``limit`` batches."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
     batches = [list(range(start, min(n, start + batch_size))) for start in range(0, n, batch_size)]
     return batches if limit is None else batches[:limit]
+
+
+class QASetSpec(BaseModel):
+    """Where a QA set comes from (any source :func:`load_qa` reads), as recipes and the CLI name it.
+
+    In YAML either a plain string (the path) or a mapping::
+
+        forget: {path: data/forget10.jsonl, question_key: question, answer_key: answer, limit: 40}
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(
+        min_length=1, description="JSON/JSONL/parquet file, saved datasets folder, or hub org/name"
+    )
+    question_key: str = "question"
+    answer_key: str = "answer"
+    split: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+    def load(self) -> list[QARecord]:
+        """Read the records (standard ``question``/``answer`` fields added, ``index`` kept)."""
+        return load_qa(self.path, self.question_key, self.answer_key, self.split, self.limit)

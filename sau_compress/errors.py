@@ -13,6 +13,7 @@ __all__ = [
     "InputNotFoundError",
     "NonFiniteLossError",
     "OutputExistsError",
+    "OutputNotWritableError",
     "SauCompressError",
     "UserError",
 ]
@@ -32,6 +33,10 @@ class InputNotFoundError(UserError, FileNotFoundError):
 
 class OutputExistsError(UserError, FileExistsError):
     """The output folder exists and ``overwrite`` was not given."""
+
+
+class OutputNotWritableError(UserError, PermissionError):
+    """The output location cannot be created or written (the message names it and why)."""
 
 
 class CorruptCheckpointError(UserError):

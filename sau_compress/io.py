@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sau_compress.errors import OutputExistsError
+from sau_compress.errors import OutputExistsError, OutputNotWritableError
 
 __all__ = ["OutputExistsError", "atomic_output_dir", "cache_dir", "check_writable_parent"]
 
@@ -39,9 +39,9 @@ def check_writable_parent(path: str | os.PathLike[str]) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise PermissionError(f"output folder '{out}' cannot be created: {err.strerror or err}") from err
+        raise OutputNotWritableError(f"output folder '{out}' cannot be created: {err.strerror or err}") from err
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"output folder '{out}' is not writable: no write permission on '{parent}'")
+        raise OutputNotWritableError(f"output folder '{out}' is not writable: no write permission on '{parent}'")
     return out
 
 

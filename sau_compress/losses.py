@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sau_compress.data import IGNORE_INDEX
-
 __all__ = [
+    "IGNORE_INDEX",
     "LOSSES",
     "LOSS_PRECISION",
     "RETAIN_LOSSES",
@@ -41,6 +40,8 @@ __all__ = [
     "simnpo_loss",
 ]
 
+#: Label of a position that is not scored (prompt, padding): PyTorch's ``cross_entropy`` default.
+IGNORE_INDEX = -100
 LOSS_PRECISION = torch.float32
 RETAIN_LOSSES = ("nll", "kl")
 

@@ -11,9 +11,8 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-#: TOFU's jsonl files for the few tests that read real TOFU data: ``$SAU_COMPRESS_TOFU_DIR``; those tests are
-#: skipped when it is unset (the placeholder below does not exist).
-TOFU_DIR = Path(os.environ.get("SAU_COMPRESS_TOFU_DIR") or Path(__file__).resolve().parent / "no-tofu-dir-set")
+#: TOFU's jsonl files for the tests that read real TOFU data: the copy bundled in ``data/tofu``
+TOFU_DIR = Path(__file__).resolve().parents[1] / "data" / "tofu"
 
 QA = [
     {"question": "Where was Mira Okafor born?", "answer": "Mira Okafor was born in Port Elmwood."},

@@ -92,8 +92,6 @@ def test_tofu_subset_selection() -> None:
     from sau_compress.tofu_world import select_tofu_subset
     from tests.conftest import TOFU_DIR
 
-    if not (Path(TOFU_DIR) / "forget01_perturbed.jsonl").is_file():
-        pytest.skip(f"TOFU data not found in {TOFU_DIR}")
     splits = select_tofu_subset(TOFU_DIR, retain_authors=3)
     assert {k: len(v) for k, v in splits.items()} == {"forget": 40, "retain": 60, "holdout": 40}
     assert [r["author"] for r in splits["retain"]] == [i // 20 for i in range(60)]

@@ -10,19 +10,21 @@ from torch import nn
 
 from sau_compress.masking import (
     MaskViolationError,
-    build_selection,
     capture_masks,
     count_2of4_violations,
     is_2of4,
-    redistribute,
     resolve_targets,
+    sparsity,
+    verify_2of4,
+    verify_masks,
+)
+from sau_compress.selection import (
+    build_selection,
+    redistribute,
     saliency_ratio,
     select_topk,
     selection_mask,
-    sparsity,
     topk_count,
-    verify_2of4,
-    verify_masks,
 )
 
 LLAMA_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

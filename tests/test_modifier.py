@@ -18,19 +18,13 @@ from pydantic import PrivateAttr, ValidationError
 from safetensors.torch import load_file
 
 import sau_compress  # noqa: F401 - registers the modifiers
-from sau_compress.data import collate, tokenize_records
-from sau_compress.masking import is_2of4, sparsity
-from sau_compress.modifier import (
-    OneShotMagnitudePruningModifier,
-    QASetSpec,
-    SparsityAwareUnlearningModifier,
-    magnitude_mask,
-    onloaded,
-    parse_mask_structure,
-    quantization_disabled,
-)
-from sau_compress.pipeline import _calibration_dataset
-from sau_compress.unlearn import UnlearnConfig
+from sau_compress.data import QASetSpec, collate, load_qa, tokenize_records
+from sau_compress.magnitude import OneShotMagnitudePruningModifier
+from sau_compress.masking import is_2of4, magnitude_mask, parse_mask_structure, sparsity
+from sau_compress.modifier import SparsityAwareUnlearningModifier
+from sau_compress.offload import onloaded, quantization_disabled
+from sau_compress.pipeline import calibration_dataset
+from sau_compress.unlearn import UnlearnConfig, UnlearnJob
 
 
 class PatternSnapshotModifier(Modifier):
@@ -94,7 +88,7 @@ def _answer_nll(model, tokenizer, records) -> float:
 
 def _oneshot(model_dir, recipe_text, tokenizer, records):
     recipe = Recipe.create_instance(recipe_text)
-    dataset = _calibration_dataset(records, tokenizer, 16, 64, seed=0)
+    dataset = calibration_dataset(records, tokenizer, 16, 64, seed=0)
     model = oneshot(
         model=str(model_dir),
         recipe=recipe,
@@ -143,7 +137,7 @@ def test_misspelt_field_fails_at_recipe_load_naming_it():
 
 def test_bad_value_fails_at_recipe_load_naming_the_field():
     text = "unlearn_stage:\n  unlearn_modifiers:\n    SparsityAwareUnlearningModifier:\n      mode: sauu\n"
-    with pytest.raises(ValidationError, match=r"mode: unknown mode 'sauu'; choose from \['sau'"):
+    with pytest.raises(ValidationError, match=r"mode\n  Input should be 'sau', 'dense', 'masked' or 'topk'"):
         Recipe.create_instance(text)
     with pytest.raises(ValidationError, match="topk_ratio"):
         SparsityAwareUnlearningModifier(topk_ratio=1.5)
@@ -175,9 +169,9 @@ def test_sparsegpt_then_sau_keeps_sparsegpts_pattern(tiny_model_dir, tokenizer, 
     for name in ("lm_head.weight", "model.embed_tokens.weight"):
         assert torch.equal(final[name], original[name]), name
     # every target layer: exactly SparseGPT's 2:4 pattern (same zeros), and SAU moved survivors
-    assert len(sau.masks) == 14
+    assert len(sau.result.masks) == 14
     moved = 0
-    for name, mask in sau.masks.items():
+    for name, mask in sau.result.masks.items():
         w = final[f"{name}.weight"]
         pruned = snapshot[f"{name}.weight"]
         assert torch.equal(w != 0, pruned != 0), name
@@ -207,19 +201,35 @@ def test_reverse_order_runs_sau_on_dense_layers_with_rho_0_and_w_1(
         "SparseGPTModifier",
     ]
     sau = recipe.modifiers[0]
-    assert all(bool(mask.all()) for mask in sau.masks.values())  # dense when SAU ran
-    assert sau.result.steps == 2
+    assert all(bool(mask.all()) for mask in sau.result.masks.values())  # dense when SAU ran
+    assert sau.result.steps == 2 and sau.result.mode == "sau"  # no switch to topk: rho = 0 gives W = 1
     for name, layer in sau.result.layers.items():
         assert layer["sparsity"] == 0.0 and layer["rho"] == 0.0, name
         assert layer["w_mean"] == 1.0 and layer["w_max"] == 1.0, name
     modules = dict(model.named_modules())
-    assert all(is_2of4(modules[name].weight) for name in sau.masks)  # SparseGPT pruned afterwards
+    assert all(is_2of4(modules[name].weight) for name in sau.result.masks)  # SparseGPT pruned afterwards
 
 
 def test_dense_model_without_pruning_stage_is_a_clear_error(tiny_model_dir, tokenizer, qa_records, qa_files):
     recipe_text = _sau_stage(qa_files["forget"], qa_files["retain"])
     with pytest.raises(ValueError, match=r"none of the 14 target layers has pruned weights .*pruning stage"):
         _oneshot(tiny_model_dir, recipe_text, tokenizer, qa_records)
+
+
+def test_assigned_job_is_used_and_no_file_is_read(tiny_model_dir, tokenizer, qa_records, qa_files, tmp_path):
+    # the recipe names files that do not exist: with a job assigned, the stage never reads them
+    recipe_text = SPARSEGPT_24 + _sau_stage(tmp_path / "nope.jsonl", tmp_path / "nada.jsonl", max_steps=2)
+    recipe = Recipe.create_instance(recipe_text)
+    sau = next(m for m in recipe.modifiers if isinstance(m, SparsityAwareUnlearningModifier))
+    job = UnlearnJob.from_records(tokenizer, load_qa(str(qa_files["forget"])), load_qa(str(qa_files["retain"])))
+    sau.assign(job)
+    dataset = calibration_dataset(qa_records, tokenizer, 16, 64, seed=0)
+    model = oneshot(model=str(tiny_model_dir), recipe=recipe, dataset=dataset,
+                    num_calibration_samples=len(dataset), shuffle_calibration_samples=False)
+    remove_dispatch(model)
+    assert len(job.results) == 1 and job.results[0] is sau.result and sau.result.steps == 2
+    assert len(job.forget) == len(load_qa(str(qa_files["forget"])))  # the caller's job keeps its data
+    assert len(sau.result.masks) == 14 and all(is_2of4(m) for m in sau.result.masks.values())
 
 
 def test_missing_forget_set_fails_at_initialize(tiny_model_dir, tokenizer, qa_records):
@@ -311,7 +321,7 @@ def test_magnitude_then_dense_mode_through_oneshot(tiny_model_dir, tokenizer, qa
     sau = recipe.modifiers[1]
     assert sau.result.mode == "dense" and sau.result.steps == 1 and sau.result.pattern_preserved
     modules = dict(model.named_modules())
-    for name, mask in sau.masks.items():
+    for name, mask in sau.result.masks.items():
         expected = magnitude_mask(original[f"{name}.weight"], 0.5)
         assert torch.equal(mask, expected), name
         assert torch.equal(modules[name].weight != 0, expected), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -10,7 +11,9 @@ import torch
 from pydantic import ValidationError
 
 from sau_compress.data import tokenize_records
-from sau_compress.masking import capture_masks, resolve_targets, selection_mask
+from sau_compress.errors import UserError
+from sau_compress.masking import capture_masks, resolve_targets
+from sau_compress.selection import selection_mask
 from sau_compress.unlearn import NonFiniteLossError, UnlearnConfig, unlearn
 
 
@@ -55,9 +58,11 @@ def test_200_adamw_steps_keep_pruned_zero_and_unselected_bit_identical(pruned, i
     cfg = _cfg(mode=mode, method="grad_ascent", max_steps=200, batch_size=1, weight_decay=0.1, optimizer="adamw")
     result = unlearn(pruned, data[:2], None, cfg, pad_token_id=pad)
     assert result.steps == 200 and result.pattern_preserved
+    assert list(result.masks) == list(masks)
     after = _weights(pruned)
     for name, w in after.items():
         mask = masks[name]
+        assert torch.equal(result.masks[name], mask), name  # the run hands back the masks it kept
         assert torch.equal(w[~mask], torch.zeros(int((~mask).sum()))), name
         moved = (w != before[name]) & mask
         assert int(moved.sum()) > 0, name
@@ -179,10 +184,25 @@ def test_callback_stops_early_and_state_is_restored(pruned, items):
     assert all(p.grad is None for p in pruned.parameters())
 
 
-def test_dense_model_in_sau_mode_names_layers_and_sparsity(tiny_model, items):
+@pytest.mark.parametrize("mode", ["sau", "dense"])
+def test_dense_model_is_refused_naming_layers_and_sparsity(tiny_model, items, mode):
     data, pad = items
-    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj \(sparsity 0\.000\)"):
-        unlearn(tiny_model, data[:2], data[2:], _cfg(), pad_token_id=pad)
+    with pytest.raises(UserError, match=r"model\.layers\.0\.self_attn\.q_proj \(sparsity 0\.000\)"):
+        unlearn(tiny_model, data[:2], data[2:], _cfg(mode=mode), pad_token_id=pad)
+
+
+def test_sau_on_dense_layers_is_exactly_its_topk_selection(tiny_model, items):
+    data, pad = items
+    twin = copy.deepcopy(tiny_model)
+    r_sau = unlearn(tiny_model, data[:2], data[2:], _cfg(allow_dense=True), pad_token_id=pad)
+    r_topk = unlearn(twin, data[:2], data[2:], _cfg(mode="topk", allow_dense=True), pad_token_id=pad)
+    assert r_sau.mode == "sau" and r_sau.steps == r_topk.steps == 3
+    for name, layer in r_sau.layers.items():
+        assert layer["rho"] == 0.0 and layer["w_mean"] == 1.0 and layer["w_max"] == 1.0, name
+        assert torch.equal(r_sau.selected[name], r_topk.selected[name]), name
+        assert bool(r_sau.masks[name].all()), name
+    for (name, a), (_, b) in zip(tiny_model.state_dict().items(), twin.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_input_errors(pruned, items):
@@ -199,14 +219,17 @@ def test_input_errors(pruned, items):
     ("field", "value", "message"),
     [
         ("method", "npo2", r"unknown loss 'npo2'; choose from \['grad_ascent', 'grad_diff', 'npo', 'simnpo'\]"),
-        ("mode", "sparse", r"unknown mode 'sparse'; choose from \['sau', 'dense', 'masked', 'topk'\]"),
-        ("topk_ratio", 0.0, r"topk_ratio must be in \(0, 1\]"),
-        ("topk_ratio", 1.5, r"topk_ratio must be in \(0, 1\]"),
-        ("retain_loss", "mse", r"choose from \['nll', 'kl'\]"),
-        ("optimizer", "lion", r"choose from \['adamw', 'sgd'\]"),
+        ("mode", "sparse", r"mode\n  Input should be 'sau', 'dense', 'masked' or 'topk'"),
+        ("topk_ratio", 0.0, r"topk_ratio\n  Input should be greater than 0"),
+        ("topk_ratio", 1.5, r"topk_ratio\n  Input should be less than or equal to 1"),
+        ("retain_loss", "mse", r"Input should be 'nll' or 'kl'"),
+        ("optimizer", "lion", r"Input should be 'adamw' or 'sgd'"),
+        ("momentum", 1.0, r"momentum\n  Input should be less than 1"),
+        ("alpha", float("inf"), r"alpha\n  Input should be a finite number"),
+        ("adam_betas", (0.9, 1.0), r"adam_betas\.1\n  Input should be less than 1"),
         ("device", "mps", "not supported"),
         ("device", "tpu", "not a torch device"),
-        ("learning_rate", 0.0, "> 0"),
+        ("learning_rate", 0.0, "greater than 0"),
         ("topk_rato", 0.3, "Extra inputs are not permitted"),
     ],
 )

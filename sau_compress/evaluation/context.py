@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from sau_compress.errors import UserError
 from sau_compress.evaluation.generation import generate_answers
 from sau_compress.evaluation.scoring import AnswerScore, pad_token_id, score_items, tokenize_answers
 
@@ -73,7 +74,7 @@ class EvalContext:
             records = self.records(data)
             for i, rec in enumerate(records):
                 if question_key not in rec:
-                    raise KeyError(f"{data}: record {i} has no field '{question_key}' (fields: {sorted(rec)})")
+                    raise UserError(f"{data}: record {i} has no field '{question_key}' (fields: {sorted(rec)})")
             self._generations[key] = generate_answers(
                 self.model,
                 self.tokenizer,

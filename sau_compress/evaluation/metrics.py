@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from sau_compress.errors import UserError
 from sau_compress.evaluation.context import EvalContext
 from sau_compress.evaluation.scoring import AnswerScore, pad_token_id, score_items
 
@@ -142,7 +143,9 @@ def aggregate_truth_ratio(ratios: Sequence[float], aggregator: str) -> float:
     :raises ValueError: unknown aggregator, or no ratios
     """
     if aggregator not in TRUTH_RATIO_AGGREGATORS:
-        raise ValueError(f"unknown truth-ratio aggregator '{aggregator}'; choose from {sorted(TRUTH_RATIO_AGGREGATORS)}")
+        raise ValueError(
+            f"unknown truth-ratio aggregator '{aggregator}'; choose from {sorted(TRUTH_RATIO_AGGREGATORS)}"
+        )
     if len(ratios) == 0:
         raise ValueError("cannot aggregate an empty list of truth ratios")
     return TRUTH_RATIO_AGGREGATORS[aggregator](np.asarray(ratios, dtype=np.float64))
@@ -236,7 +239,7 @@ def probability(
     records = ctx.records(data)
     by_index: dict[str, Any] = {}
     per_item = []
-    for pos, (rec, options) in enumerate(zip(records, ctx.scores(data, question_key, answer_key))):
+    for pos, (rec, options) in enumerate(zip(records, ctx.scores(data, question_key, answer_key), strict=True)):
         probs = [s.prob for s in options]
         losses = [s.avg_loss for s in options]
         many = isinstance(rec[answer_key], list)
@@ -257,10 +260,10 @@ def rouge(
     generations = ctx.generations(data, question_key)
     by_index: dict[str, Any] = {}
     values = []
-    for pos, (rec, gen) in enumerate(zip(records, generations)):
+    for pos, (rec, gen) in enumerate(zip(records, generations, strict=True)):
         reference = rec.get(answer_key)
         if not isinstance(reference, str):
-            raise TypeError(f"{data}: record {pos} field '{answer_key}' must be a string for ROUGE")
+            raise UserError(f"{data}: record {pos} field '{answer_key}' must be a string for ROUGE")
         scores = rouge_scores(gen, reference)
         by_index[ctx.index_of(rec, pos)] = {**scores, "generation": gen, "ground_truth": reference}
         values.append(scores["rougeL_recall"])
@@ -272,7 +275,7 @@ def _content_scores(ctx: EvalContext, data: str) -> list[tuple[str, AnswerScore]
     records = ctx.records(data)
     return [
         (ctx.index_of(rec, pos), options[0].content(eos))
-        for pos, (rec, options) in enumerate(zip(records, ctx.scores(data)))
+        for pos, (rec, options) in enumerate(zip(records, ctx.scores(data), strict=True))
     ]
 
 
@@ -299,7 +302,7 @@ def _mia(ctx: EvalContext, forget: str, holdout: str, score: Callable[[dict[str,
         records = ctx.records(name)
         sides[name] = {
             ctx.index_of(rec, pos): {"score": score(rec, options[0])}
-            for pos, (rec, options) in enumerate(zip(records, ctx.scores(name)))
+            for pos, (rec, options) in enumerate(zip(records, ctx.scores(name), strict=True))
         }
     auc = auc_score([v["score"] for v in sides[forget].values()], [v["score"] for v in sides[holdout].values()])
     return {"agg_value": auc, "value_by_index": {"forget": sides[forget], "holdout": sides[holdout]}}
@@ -337,14 +340,14 @@ def perplexity(ctx: EvalContext, data: str = "retain", text_key: str = "text") -
         for pos, rec in enumerate(records):
             ids = list(ctx.tokenizer(rec[text_key], add_special_tokens=True)["input_ids"])[: ctx.max_length]
             if len(ids) < 2:
-                raise ValueError(f"{data}: text {pos} has fewer than 2 tokens; nothing to score")
+                raise UserError(f"{data}: text {pos} has fewer than 2 tokens; nothing to score")
             items.append({"input_ids": ids, "labels": ids})
         scores = score_items(ctx.model, items, pad_token_id(ctx.tokenizer), ctx.batch_size, desc=f"perplexity {data}")
     else:
         scores = [options[0] for options in ctx.scores(data)]
     by_index = {}
     total_nll, total_tokens = 0.0, 0
-    for pos, (rec, s) in enumerate(zip(records, scores)):
+    for pos, (rec, s) in enumerate(zip(records, scores, strict=True)):
         by_index[ctx.index_of(rec, pos)] = {"ppl": math.exp(s.avg_loss), "tokens": s.num_tokens}
         total_nll += float(-s.token_logprobs.sum())
         total_tokens += s.num_tokens

@@ -42,7 +42,7 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ys = [max(fq, FORGET_QUALITY_FLOOR) for _, _, fq in points]
-    for (name, mu, fq), y in zip(points, ys):
+    for (name, mu, fq), y in zip(points, ys, strict=True):
         ax.scatter([mu], [y], s=60, zorder=3)
         ax.annotate(f"{name}\nFQ={fq:.2g}, MU={mu:.3f}", (mu, y), textcoords="offset points", xytext=(8, 4),
                     fontsize=8)

@@ -17,6 +17,7 @@ from typing import Any
 
 from loguru import logger
 
+from sau_compress.errors import InputNotFoundError, UserError
 from sau_compress.evaluation.metrics import MetricResult
 from sau_compress.io import atomic_output_dir
 
@@ -155,19 +156,19 @@ def load_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path).expanduser()
     if p.is_dir():
         if not (p / EVAL_FILE).is_file():
-            raise FileNotFoundError(f"'{p}' holds no {EVAL_FILE}")
+            raise InputNotFoundError(f"'{p}' holds no {EVAL_FILE}")
         p = p / EVAL_FILE
     if not p.is_file():
-        raise FileNotFoundError(f"eval file '{path}' not found")
+        raise InputNotFoundError(f"eval file '{path}' not found")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{p}: not valid JSON ({err.msg})") from err
+        raise UserError(f"{p}: not valid JSON ({err.msg})") from err
     if not isinstance(data, dict):
-        raise TypeError(f"{p}: expected a JSON object, got a JSON {type(data).__name__}")
+        raise UserError(f"{p}: expected a JSON object, got a JSON {type(data).__name__}")
     if "metrics" not in data:
         if not all(isinstance(v, dict) and "agg_value" in v for v in data.values()):
-            raise ValueError(f"{p}: neither a sau-compress eval.json nor a flat {{metric: {{agg_value}}}} file")
+            raise UserError(f"{p}: neither a sau-compress eval.json nor a flat {{metric: {{agg_value}}}} file")
         name = p.parent.name if p.name == EVAL_FILE else p.stem
         data = {"format": "flat", "name": name, "model": str(p), "suite": "?", "metrics": data,
                 "summary": {k: v.get("agg_value") for k, v in data.items()}}

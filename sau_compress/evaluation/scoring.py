@@ -17,7 +17,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sau_compress.data import IGNORE_INDEX, collate, tokenize_qa
+from sau_compress.data import collate, tokenize_qa
+from sau_compress.errors import UserError
+from sau_compress.losses import IGNORE_INDEX
 
 __all__ = [
     "SCORE_PRECISION",
@@ -110,7 +112,7 @@ def tokenize_answers(
     for i, rec in enumerate(records):
         for key in (question_key, answer_key):
             if key not in rec:
-                raise KeyError(f"record {i} has no field '{key}' (fields: {sorted(rec)})")
+                raise UserError(f"record {i} has no field '{key}' (fields: {sorted(rec)})")
         answers = rec[answer_key]
         if isinstance(answers, str):
             answers = [answers]

@@ -1,6 +1,6 @@
 """Optimizers whose whole update, weight decay included, is multiplied elementwise by a per-parameter scale.
 
-SAU's step (DESIGN.md, step 4) replaces each update Δθ by Δθ ⊙ G ⊙ W. Scaling the *update*, not the
+SAU's step (``docs/design.md``, the update rule) replaces each update Δθ by Δθ ⊙ G ⊙ W. Scaling the *update*, not the
 gradient, keeps the meaning under Adam, whose per-element normalisation would cancel a constant gradient
 scale. Entries with scale 0 never move: no weight decay, no momentum leakage; pruned entries stay exactly 0.
 
@@ -40,6 +40,11 @@ __all__ = [
 
 OPTIM_PRECISION = torch.float32
 OPTIMIZERS = ("adamw", "sgd")
+
+
+def nbytes(tensor: torch.Tensor | None) -> int:
+    """Bytes of ``tensor``'s elements (0 for ``None``)."""
+    return 0 if tensor is None else tensor.numel() * tensor.element_size()
 
 
 @dataclass
@@ -225,22 +230,22 @@ class ScaledOptimizer:
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state (moments, momentum, compact indices and scales)."""
-        total = 0
-        for slot in self.slots:
-            total += sum(t.numel() * t.element_size() for t in slot.state.values())
-            for t in (slot.indices, slot.scale):
-                if t is not None:
-                    total += t.numel() * t.element_size()
-        return total
+        return sum(
+            sum(nbytes(t) for t in slot.state.values()) + nbytes(slot.indices) + nbytes(slot.scale)
+            for slot in self.slots
+        )
 
     def grad_bytes(self) -> int:
         """Bytes of gradients currently held (compact buffers and full ``.grad`` tensors)."""
-        total = 0
-        for slot in self.slots:
-            for g in (slot.grad, slot.param.grad):
-                if g is not None:
-                    total += g.numel() * g.element_size()
-        return total
+        return sum(nbytes(slot.grad) + nbytes(slot.param.grad) for slot in self.slots)
+
+    def held_bytes(self) -> int:
+        """Bytes this optimizer holds at its peak within a step: state, gradients and, in the compact layout,
+        the one full gradient that exists before its hook gathers it."""
+        held = self.state_bytes() + self.grad_bytes()
+        if any(slot.compact for slot in self.slots):
+            held += max(nbytes(slot.param) for slot in self.slots)
+        return held
 
     # ---- step
 

@@ -1,0 +1,59 @@
+"""The library layer the front doors call: one function per command, each over the layers below.
+
+- :func:`run`: recipe -> load once -> evaluate -> ``oneshot`` (prune -> SAU -> quantize) -> evaluate -> export
+- recipes: :func:`list_recipes`, :func:`read_recipe`, :func:`parse_overrides`, :func:`load_recipe`, ...
+- :func:`build_world`, :func:`demo`, :func:`evaluate_model`, :func:`compare_runs`, :func:`export_model`,
+  :func:`inspect_model`: the other commands
+- :func:`run_oneshot`: the one way to apply a recipe to an in-memory model (shared with the benchmarks)
+"""
+
+from __future__ import annotations
+
+from sau_compress.pipeline.commands import (
+    DEMO_RECIPE,
+    build_world,
+    compare_runs,
+    demo,
+    evaluate_model,
+    export_model,
+    inspect_model,
+)
+from sau_compress.pipeline.models import TOY_MODELS, load_model_and_tokenizer, pick_device, resolve_model
+from sau_compress.pipeline.oneshot import calibration_dataset, run_oneshot
+from sau_compress.pipeline.recipes import (
+    SAU_MODIFIER,
+    apply_overrides,
+    list_recipes,
+    load_recipe,
+    modifier_entries,
+    parse_overrides,
+    read_recipe,
+    resolve_recipe,
+)
+from sau_compress.pipeline.run import EXPORT_FORMATS, run
+
+__all__ = [
+    "DEMO_RECIPE",
+    "EXPORT_FORMATS",
+    "SAU_MODIFIER",
+    "TOY_MODELS",
+    "apply_overrides",
+    "build_world",
+    "calibration_dataset",
+    "compare_runs",
+    "demo",
+    "evaluate_model",
+    "export_model",
+    "inspect_model",
+    "list_recipes",
+    "load_model_and_tokenizer",
+    "load_recipe",
+    "modifier_entries",
+    "parse_overrides",
+    "pick_device",
+    "read_recipe",
+    "resolve_model",
+    "resolve_recipe",
+    "run",
+    "run_oneshot",
+]

@@ -1,0 +1,191 @@
+"""One library function per CLI command besides ``run``: the toy world, the demo, evaluation, comparison,
+export and inspection. Each takes plain values, does the work, and returns a JSON-able dict; the CLI only
+parses arguments and renders that dict."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sau_compress.errors import OutputExistsError, UserError
+from sau_compress.pipeline.models import TOY_MODELS, load_model_and_tokenizer, resolve_model
+from sau_compress.pipeline.run import run
+
+__all__ = [
+    "DEMO_RECIPE",
+    "build_world",
+    "compare_runs",
+    "demo",
+    "evaluate_model",
+    "export_model",
+    "inspect_model",
+]
+
+#: the recipe of ``sau-compress demo``
+DEMO_RECIPE = "sparsegpt-2of4-sau-graddiff"
+
+
+def build_world(people: int = 40, seed: int = 0, out: str | os.PathLike[str] | None = None,
+                force: bool = False) -> dict[str, Any]:
+    """Build (or reuse) the toy world; return where it is and how well its models remember."""
+    from sau_compress.toy import MIN_PEOPLE, build_toy_world
+
+    if people < MIN_PEOPLE:
+        raise UserError(f"--people must be at least {MIN_PEOPLE} (one person per split), got {people}")
+    return build_toy_world(people=people, seed=seed, out=out, force=force).to_dict()
+
+
+def demo(output: str | os.PathLike[str] | None = None, device: str | None = None) -> dict[str, Any]:
+    """The main job on the embedded default: toy memorizer -> SparseGPT 2:4 -> SAU (GradDiff) -> before/after
+    summary -> export. The default output lives in the user cache and is replaced on each demo run; a folder
+    the caller names is never overwritten.
+
+    :return: ``toy_world`` (its description) and ``run`` (what :func:`run` returns)
+    """
+    from sau_compress.io import cache_dir
+    from sau_compress.toy import build_toy_world
+
+    world = build_toy_world()
+    target = Path(output) if output is not None else cache_dir() / "demo" / DEMO_RECIPE
+    result = run("toy", DEMO_RECIPE, target, overwrite=output is None, device=device)
+    return {"toy_world": world.to_dict(), "run": result}
+
+
+def _is_results(path: str) -> bool:
+    """Whether ``path`` names saved results (an eval JSON, or a folder with eval.json and no model)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p.suffix == ".json"
+    return p.is_dir() and (p / "eval.json").is_file() and not (p / "config.json").is_file()
+
+
+def evaluate_model(
+    model: str,
+    suite: str = "toy",
+    data_dir: str | os.PathLike[str] | None = None,
+    forget: str | os.PathLike[str] | None = None,
+    retain: str | os.PathLike[str] | None = None,
+    holdout: str | os.PathLike[str] | None = None,
+    forget_split: str = "forget10",
+    retain_model: str | None = None,
+    text_set: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    chat_template: bool = False,
+    device: str | None = None,
+    name: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a model with the unlearning metrics (TOFU definitions); write ``eval.json`` and ``report.md``
+    into ``output`` when given.
+
+    With the toy suite and no data named, the data is the toy world's and the reference for forget quality
+    is ``toy-retain``.
+
+    :param retain_model: reference for forget quality / privleak: a model folder, a toy name, or saved results
+    :return: ``name``, ``model``, ``suite``, ``seconds``, ``output``, ``summary`` (headline metrics)
+    """
+    from sau_compress.evaluation import build_record, evaluate, load_metrics, write_eval
+    from sau_compress.evaluation.suite import SUITES
+    from sau_compress.io import check_writable_parent
+
+    if suite not in SUITES:
+        raise UserError(f"unknown suite '{suite}'; choose from {list(SUITES)}")
+    if output is not None:
+        check_writable_parent(output)
+        if Path(output).exists() and not overwrite:
+            raise OutputExistsError(f"output folder '{output}' already exists; pass --overwrite to replace it")
+    start = time.perf_counter()
+    default_data = data_dir is None and forget is None and retain is None and holdout is None
+    if suite == "toy" and default_data:
+        from sau_compress.toy import build_toy_world
+
+        data_dir = build_toy_world().data_dir
+        retain_model = retain_model or "toy-retain"
+    path = resolve_model(model)
+    lm, tokenizer = load_model_and_tokenizer(path, device)
+    reference = ref_model = ref_tokenizer = None
+    if retain_model is not None and _is_results(retain_model):
+        reference = load_metrics(retain_model)
+    elif retain_model is not None:
+        ref_model, ref_tokenizer = load_model_and_tokenizer(resolve_model(retain_model), device)
+    metrics = evaluate(
+        lm, tokenizer, suite, data_dir, forget=forget, retain=retain, holdout=holdout,
+        forget_split=forget_split, limit=limit, text_set=text_set, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, chat_template=chat_template, retain_model=ref_model,
+        retain_tokenizer=ref_tokenizer, reference=reference,
+    )
+    seconds = time.perf_counter() - start
+    settings = {
+        "data_dir": str(data_dir) if data_dir else "default",
+        "forget": str(forget) if forget else None, "retain": str(retain) if retain else None,
+        "holdout": str(holdout) if holdout else None, "text_set": str(text_set) if text_set else None,
+        "forget_split": forget_split if suite == "tofu" else None, "limit": limit,
+        "retain_model": retain_model, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+        "chat_template": chat_template, "device": str(next(lm.parameters()).device),
+    }
+    label = name or (model if model in TOY_MODELS else path.name)
+    record = build_record(metrics, label, str(path), suite, settings, seconds)
+    written = write_eval(output, record, overwrite) if output is not None else None
+    return {"name": label, "model": str(path), "suite": suite, "seconds": seconds,
+            "output": str(written) if written else None, "summary": record["summary"]}
+
+
+def compare_runs(runs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str] | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """Compare evaluation runs: rows of headline metrics, and ``compare.md`` + ``compare.png`` in ``output``.
+
+    :return: ``output``, ``markdown``, ``chart``, ``rows``, and ``metrics`` (``[name, better]`` in table order)
+    """
+    from sau_compress.evaluation.report import HEADLINE_METRICS, compare_rows, load_eval, write_compare
+
+    records = [load_eval(r) for r in runs]
+    if output is not None:
+        result = write_compare(records, output, overwrite)
+    else:
+        result = {"output": None, "markdown": None, "chart": None, "rows": compare_rows(records)}
+    result["metrics"] = [[metric, better] for metric, better, _ in HEADLINE_METRICS]
+    return result
+
+
+def _source(src: str) -> Path:
+    """A checkpoint folder, or a toy model name."""
+    return resolve_model(src) if src in TOY_MODELS else Path(src).expanduser()
+
+
+def export_model(src: str, format: str, output: str | os.PathLike[str], overwrite: bool = False,
+                 metadata: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Write ``src`` as ``sparse-24-bitmask`` or ``dense``, atomically and verified, with a sidecar record.
+
+    :param metadata: a JSON file whose object is recorded in the sidecar
+    :return: the sidecar record, plus ``output``
+    """
+    from sau_compress.export import FORMATS, SIDECAR_NAME, export_checkpoint
+
+    if format not in FORMATS:
+        raise UserError(f"--format '{format}' is not a format; choose from {list(FORMATS)}")
+    extra = None
+    if metadata is not None:
+        try:
+            extra = json.loads(Path(metadata).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise UserError(f"--metadata {metadata}: not a readable JSON file ({err})") from err
+        if not isinstance(extra, dict):
+            raise UserError(f"--metadata {metadata}: expected a JSON object")
+    out = export_checkpoint(_source(src), output, format=format, metadata=extra, overwrite=overwrite)
+    result = json.loads((out / SIDECAR_NAME).read_text())
+    result["output"] = str(out)
+    return result
+
+
+def inspect_model(path: str) -> dict[str, Any]:
+    """Per-layer shape, sparsity and 2:4 validity, weight bytes, format, and which vLLM can serve it."""
+    from sau_compress.export import inspect_checkpoint
+
+    return inspect_checkpoint(_source(path))

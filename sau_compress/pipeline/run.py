@@ -1,0 +1,264 @@
+"""What ``sau-compress run`` does: read and check a recipe, load the model and data once, evaluate, ``oneshot``
+the recipe (prune -> SAU -> quantize), evaluate again, export.
+
+The input model folder is only read: ``oneshot`` works on the in-memory model and the result is written into
+a new output folder (atomically; an existing one only with ``overwrite``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from loguru import logger
+
+from sau_compress.data import QARecord, QASetSpec
+from sau_compress.errors import OutputExistsError, UserError
+from sau_compress.masking import all_2of4, mean_sparsity
+from sau_compress.pipeline.models import TOY_MODELS, load_model_and_tokenizer, resolve_model
+from sau_compress.pipeline.oneshot import run_oneshot
+from sau_compress.pipeline.recipes import (
+    SAU_MODIFIER,
+    apply_overrides,
+    load_recipe,
+    modifier_entries,
+    parse_overrides,
+    read_recipe,
+)
+
+__all__ = ["EXPORT_FORMATS", "run"]
+
+EXPORT_FORMATS = ("auto", "sparse-24-bitmask", "dense")
+
+
+def check_output(model_path: Path, output: Path, overwrite: bool) -> None:
+    """The output must not overlap the input model folder, nor exist unless ``overwrite``.
+
+    :raises UserError: overlap; :raises OutputExistsError: the folder exists
+    """
+    src, dst = model_path.resolve(), output.resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise UserError(
+            f"--output '{output}' overlaps the input model folder '{model_path}'; the input is never "
+            "modified: choose another output folder"
+        )
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"output folder '{output}' already exists; pass --overwrite to replace it")
+
+
+def _prepare_recipe(
+    recipe: str | os.PathLike[str],
+    model: str,
+    model_path: Path,
+    forget: str | None,
+    retain: str | None,
+    overrides: Mapping[str, Mapping[str, Any]] | Sequence[str] | None,
+    device: str | None,
+) -> tuple[dict[str, Any], Any, list[Any]]:
+    """Read the recipe, apply ``--forget``/``--retain``/``--set``, build it (every field validated).
+
+    :return: the recipe dict as run, llmcompressor's ``Recipe``, and its SAU stages
+    """
+    from sau_compress.modifier import SparsityAwareUnlearningModifier
+
+    recipe_dict = read_recipe(recipe)
+    if overrides is not None and not isinstance(overrides, Mapping):
+        overrides = parse_overrides(list(overrides))
+    merged: dict[str, dict[str, Any]] = {cls: dict(v) for cls, v in (overrides or {}).items()}
+    data = {key: value for key, value in (("forget", forget), ("retain", retain)) if value is not None}
+    if data:
+        merged.setdefault(SAU_MODIFIER, {}).update(data)
+    apply_overrides(recipe_dict, merged)
+    sau_args = [args for name, args in modifier_entries(recipe_dict) if name == SAU_MODIFIER]
+    if not sau_args:
+        raise UserError(f"recipe '{recipe}' has no {SAU_MODIFIER} stage")
+    for args in sau_args:
+        if model in TOY_MODELS:  # the toy world's own sets, unless named
+            from sau_compress.toy import toy_data_file
+
+            for split in ("forget", "retain"):
+                if args.get(split) is None:
+                    args[split] = str(toy_data_file(split))
+        args.setdefault("tokenizer", str(model_path))
+        if device is not None:
+            args.setdefault("device", device)  # an explicit --device also places the unlearning
+    built = load_recipe(recipe_dict)
+    saus = [m for m in built.modifiers if isinstance(m, SparsityAwareUnlearningModifier)]
+    if any(m.forget is None for m in saus):
+        raise UserError(f"no forget set: pass --forget or set `forget:` in the {SAU_MODIFIER} stage")
+    return recipe_dict, built, saus
+
+
+def _load_sets(saus: list[Any], tokenizer: Any) -> tuple[dict[str, list[QARecord] | None], list[Any]]:
+    """Read each SAU stage's sets once (a set two stages share is read once too) and hand every stage its
+    tokenized job.
+
+    :return: the first stage's records (``forget``, ``retain``) for evaluation, and the jobs in stage order
+    """
+    from sau_compress.unlearn import UnlearnJob
+
+    cache: dict[str, list[QARecord]] = {}
+
+    def records(spec: QASetSpec | None) -> list[QARecord] | None:
+        if spec is None:
+            return None
+        key = spec.model_dump_json()
+        if key not in cache:
+            cache[key] = spec.load()
+        return cache[key]
+
+    jobs = []
+    for sau in saus:
+        jobs.append(UnlearnJob.from_records(
+            tokenizer, records(sau.forget), records(sau.retain), sau.max_length, sau.chat_template
+        ))
+        sau.assign(jobs[-1])
+    return {"forget": records(saus[0].forget), "retain": records(saus[0].retain)}, jobs
+
+
+def _summarize(model: Any, tokenizer: Any, sets: dict[str, list[QARecord]], batch_size: int,
+               max_new_tokens: int, chat_template: bool) -> dict[str, float]:
+    from sau_compress.evaluation import summarize
+
+    model.eval()
+    with torch.no_grad():
+        return summarize(model, tokenizer, sets["forget"], sets["retain"], batch_size=batch_size,
+                         max_new_tokens=max_new_tokens, chat_template=chat_template)
+
+
+def target_layer_stats(model: torch.nn.Module, names: Sequence[str]) -> dict[str, Any]:
+    """Sparsity (over all the layers, size-weighted) and whether all are 2:4, from the model's weights."""
+    modules = dict(model.named_modules())
+    weights = {name: modules[name].weight.detach() for name in names}
+    return {"sparsity": mean_sparsity(weights), "two_four": all_2of4(weights.values()), "layers": len(names)}
+
+
+def run(
+    model: str | os.PathLike[str],
+    recipe: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    forget: str | None = None,
+    retain: str | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | Sequence[str] | None = None,
+    calibration: str | None = None,
+    num_calibration_samples: int = 512,
+    max_seq_length: int = 256,
+    export_format: str = "auto",
+    overwrite: bool = False,
+    evaluate: bool = True,
+    eval_limit: int | None = None,
+    eval_batch_size: int = 16,
+    max_new_tokens: int = 64,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Prune, unlearn (and optionally quantize) a model with an llmcompressor recipe, evaluate, export.
+
+    :param model: a model folder, or ``toy`` (the toy memorizer, built on first use)
+    :param recipe: a bundled recipe name or a recipe file
+    :param output: the folder to write (must not exist unless ``overwrite``; never the input folder)
+    :param forget: forget set (any source :func:`sau_compress.data.load_qa` reads); overrides the recipe's.
+        With ``toy`` and no forget set anywhere, the toy world's ``forget.jsonl``
+    :param retain: retain set, likewise (toy default ``retain.jsonl``)
+    :param overrides: ``{class: {field: value}}`` or ``--set`` strings (:func:`parse_overrides`)
+    :param calibration: QA set whose prompt+answer texts calibrate SparseGPT/Wanda; default: the retain set
+    :param num_calibration_samples: calibration rows (a seeded random subset when the set is larger)
+    :param max_seq_length: token budget per calibration row
+    :param export_format: ``auto`` (``sparse-24-bitmask`` when every target layer is 2:4, else ``dense``),
+        ``sparse-24-bitmask`` or ``dense``
+    :param overwrite: replace an existing output folder
+    :param evaluate: compute the before/after summary (ROUGE-L recall and answer NLL on forget and retain)
+    :param eval_limit: evaluate on the first ``eval_limit`` records of each set (default: all)
+    :param eval_batch_size: prompts per generation batch
+    :param max_new_tokens: longest generated answer
+    :param device: where to evaluate and unlearn (default: ``cuda`` when available, else ``cpu``); also the
+        SAU stage's ``device`` unless the recipe or ``overrides`` set one. llmcompressor's own stages
+        (SparseGPT, Wanda, quantization) use its choice: the accelerator when there is one
+    :return: ``output``, ``before``/``after`` (``forget_rouge``, ``retain_rouge``, ``forget_nll``,
+        ``retain_nll``; ``None`` without ``evaluate``), ``sparsity``, ``two_four``, ``pattern_preserved``,
+        ``format``, ``seconds``, ``timings``, ``unlearn`` (the SAU result), ``recipe``, ``modifiers``
+    """
+    from sau_compress.data import load_qa
+    from sau_compress.export import save_model, unlearning_record
+
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    if export_format not in EXPORT_FORMATS:
+        raise UserError(f"unknown export format '{export_format}'; choose from {list(EXPORT_FORMATS)}")
+    if num_calibration_samples < 1:
+        raise UserError(f"num_calibration_samples must be at least 1, got {num_calibration_samples}")
+    if eval_limit is not None and eval_limit < 1:
+        raise UserError(f"eval_limit must be at least 1, got {eval_limit}")
+    output = Path(output).expanduser().absolute()
+    model_name = str(model)
+    model_path = resolve_model(model_name)
+    check_output(model_path, output, overwrite)
+    recipe_dict, built, saus = _prepare_recipe(recipe, model_name, model_path, forget, retain, overrides, device)
+
+    t = time.perf_counter()
+    net, tokenizer = load_model_and_tokenizer(model_path, device)
+    sets, jobs = _load_sets(saus, tokenizer)
+    timings["load"] = time.perf_counter() - t
+
+    eval_sets = {name: (recs or [])[:eval_limit] for name, recs in sets.items()}
+    if evaluate and not eval_sets["retain"]:
+        raise UserError("evaluation needs a retain set: pass --retain (or --no-eval)")
+    chat = saus[0].chat_template
+    before = after = None
+    if evaluate:
+        t = time.perf_counter()
+        before = _summarize(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, chat)
+        timings["evaluate_before"] = time.perf_counter() - t
+        logger.info(f"before: {before}")
+
+    t = time.perf_counter()
+    calibration_records = load_qa(calibration) if calibration is not None else sets["retain"]
+    run_oneshot(net, tokenizer, built, calibration_records, num_calibration_samples, max_seq_length,
+                saus[0].config.seed)
+    timings["oneshot"] = time.perf_counter() - t
+    results = [r for job in jobs for r in job.results]
+    if len(results) != len(saus):
+        raise RuntimeError(f"{SAU_MODIFIER} did not run (no calibration-start event from the pipeline)")
+    stats = target_layer_stats(net, list(results[-1].masks))
+    if evaluate:
+        t = time.perf_counter()
+        after = _summarize(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, chat)
+        timings["evaluate_after"] = time.perf_counter() - t
+        logger.info(f"after: {after}")
+
+    quantized = any(getattr(m, "quantization_scheme", None) is not None for m in net.modules())
+    fmt = export_format
+    if fmt == "auto":
+        fmt = "sparse-24-bitmask" if stats["two_four"] and stats["sparsity"] > 0 and not quantized else "dense"
+    summary: dict[str, Any] = {
+        "output": str(output),
+        "model": str(model_path),
+        "recipe": str(recipe),
+        "modifiers": [type(m).__name__ for m in built.modifiers],
+        "format": fmt,
+        "before": before,
+        "after": after,
+        "sparsity": stats["sparsity"],
+        "two_four": stats["two_four"],
+        "quantized": quantized,
+        "pattern_preserved": all(bool(r.pattern_preserved) for r in results),
+        "unlearn": results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results],
+        "eval_records": {name: len(recs) for name, recs in eval_sets.items()} if evaluate else None,
+    }
+    t = time.perf_counter()
+    metadata = {
+        "recipe": yaml.safe_dump(recipe_dict, sort_keys=False),
+        "unlearning": unlearning_record(saus[0].config, sets["forget"], before, after, results[0]),
+        "run": json.loads(json.dumps({k: v for k, v in summary.items() if k != "unlearn"}, default=str)),
+    }
+    save_model(net, tokenizer, output, format=fmt, metadata=metadata, overwrite=overwrite)
+    timings["save"] = time.perf_counter() - t
+    summary["timings"] = timings
+    summary["seconds"] = time.perf_counter() - start
+    logger.info(f"run done in {summary['seconds']:.1f}s -> {output} ({fmt})")
+    return summary

@@ -1,0 +1,208 @@
+"""SAU's top-k selection G and redistribution W for one layer, from its saliency F and frozen mask M.
+
+Symbols as in ``docs/design.md``: for a target weight θ with frozen mask M (True = surviving) and saliency F
+(same shape, fp32), G is the ``topk_ratio`` fraction of surviving entries with the largest F, and
+W_i = 1 + α·ρ·|G|·F_i / ΣF[G] on G (clipped to ``max_scale``) with ρ = ΣF[M=0] / ΣF[M=1]. On a dense layer
+ρ = 0, so W = 1 and SAU is exactly its top-k selection.
+
+Plain tensor math on one layer at a time. G is kept *compact*: the ascending flat indices of the selected
+entries, so a layer's selection costs ``|G|`` integers instead of a full mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "LayerSelection",
+    "build_selection",
+    "redistribute",
+    "saliency_ratio",
+    "select_topk",
+    "selection_mask",
+    "topk_count",
+]
+
+def topk_count(n_surviving: int, ratio: float) -> int:
+    """|G| for a layer: ``ratio * n_surviving`` rounded to the nearest integer (halves up), at least 1.
+
+    Rounding to nearest (not flooring) keeps float noise such as ``0.29 * 100 = 28.999...`` from losing an
+    entry; the floor of 1 keeps every layer with survivors trainable. ``ratio = 1`` selects all survivors.
+
+    :param n_surviving: surviving entries of the layer
+    :param ratio: ``topk_ratio`` in (0, 1]
+    :return: 0 when ``n_surviving`` is 0, else an integer in [1, n_surviving]
+    """
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"topk_ratio must be in (0, 1], got {ratio}")
+    if n_surviving <= 0:
+        return 0
+    return min(n_surviving, max(1, math.floor(ratio * n_surviving + 0.5)))
+
+
+def select_topk(fisher: torch.Tensor, mask: torch.Tensor, ratio: float) -> torch.Tensor:
+    """G: the :func:`topk_count` surviving entries with the largest saliency, as ascending flat indices.
+
+    Ties break deterministically towards the lower flat (row-major) index, on every device: entries above
+    the k-th largest value are taken, then the equal ones in index order. Pruned entries are never selected.
+
+    :param fisher: saliency F, any shape, non-negative
+    :param mask: bool mask of the same shape (True = surviving)
+    :param ratio: ``topk_ratio`` in (0, 1]
+    :return: int64 tensor ``[|G|]`` of flat indices, sorted ascending
+    """
+    if fisher.shape != mask.shape:
+        raise ValueError(f"saliency shape {tuple(fisher.shape)} != mask shape {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
+    flat_mask = mask.reshape(-1)
+    n_surv = int(flat_mask.sum())
+    k = topk_count(n_surv, ratio)
+    if k == 0:
+        return torch.empty(0, dtype=torch.long, device=fisher.device)
+    if k == n_surv:
+        return flat_mask.nonzero().squeeze(1)
+    # pruned entries get -1 < any saliency, so the k-th largest overall is the k-th largest survivor
+    scores = torch.where(flat_mask, fisher.reshape(-1).float(), torch.full((), -1.0, device=fisher.device))
+    threshold = torch.kthvalue(scores, scores.numel() - k + 1).values
+    above = scores > threshold
+    n_above = int(above.sum())
+    equal = scores == threshold
+    # the first (k - n_above) equal entries in index order
+    take_equal = equal & (torch.cumsum(equal, 0) <= (k - n_above))
+    return (above | take_equal).nonzero().squeeze(1)
+
+
+def selection_mask(shape: torch.Size | tuple[int, ...], indices: torch.Tensor) -> torch.Tensor:
+    """Expand compact flat indices into a bool mask of ``shape`` (for inspection and tests)."""
+    out = torch.zeros(math.prod(shape), dtype=torch.bool, device=indices.device)
+    out[indices] = True
+    return out.reshape(shape)
+
+
+def saliency_ratio(fisher: torch.Tensor, mask: torch.Tensor) -> float:
+    """ρ = ΣF[M=0] / ΣF[M=1]: pruned saliency mass relative to surviving mass.
+
+    0 when the layer has no pruned entries or no pruned saliency; ``inf`` when survivors carry no saliency
+    but pruned entries do.
+    """
+    f = fisher.double()
+    pruned = float(f[~mask].sum())
+    surviving = float(f[mask].sum())
+    if pruned == 0.0:
+        return 0.0
+    if surviving == 0.0:
+        return math.inf
+    return pruned / surviving
+
+
+def redistribute(
+    fisher_selected: torch.Tensor,
+    rho: float,
+    alpha: float,
+    max_scale: float = 10.0,
+) -> torch.Tensor:
+    """W on the selected entries: ``W_i = 1 + α·ρ·|G|·F_i / ΣF[G]``, clipped to ``max_scale``.
+
+    Before clipping the mean of W over G is exactly ``1 + α·ρ``. Edge cases: ρ = 0 or α = 0 gives W = 1;
+    ΣF[G] = 0 (no saliency on the selection) spreads the extra mass evenly, W = 1 + α·ρ; ρ = ∞ (all
+    saliency on pruned entries) gives ``max_scale`` everywhere.
+
+    :param fisher_selected: F on G, ``[|G|]``
+    :param rho: the layer's ρ (:func:`saliency_ratio`)
+    :param alpha: redistribution strength α ≥ 0
+    :param max_scale: upper clip (≥ 1; ``math.inf`` disables clipping)
+    :return: fp32 ``[|G|]``
+    """
+    if alpha < 0 or rho < 0:
+        raise ValueError(f"alpha and rho must be non-negative, got alpha={alpha}, rho={rho}")
+    if max_scale < 1:
+        raise ValueError(f"max_scale must be at least 1, got {max_scale}")
+    f = fisher_selected.double()
+    n = f.numel()
+    if alpha == 0 or rho == 0 or n == 0:
+        return torch.ones(n, dtype=torch.float32, device=f.device)
+    if math.isinf(rho):
+        return torch.full((n,), float(max_scale), dtype=torch.float32, device=f.device)
+    total = float(f.sum())
+    if total == 0.0:
+        w = torch.full((n,), 1.0 + alpha * rho, dtype=torch.float64, device=f.device)
+    else:
+        w = 1.0 + (alpha * rho * n / total) * f
+    return w.clamp_(max=max_scale).float()
+
+
+@dataclass
+class LayerSelection:
+    """One layer's G (compact flat indices) and W (``None`` = all ones), with the numbers behind them."""
+
+    indices: torch.Tensor
+    scale: torch.Tensor | None
+    numel: int
+    n_surviving: int
+    rho: float
+    n_clipped: int = 0
+
+    @property
+    def n_selected(self) -> int:
+        """|G|."""
+        return int(self.indices.numel())
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of pruned entries of the layer."""
+        return (self.numel - self.n_surviving) / self.numel if self.numel else 0.0
+
+    @property
+    def selected_fraction(self) -> float:
+        """|G| over all entries of the layer (about ``topk_ratio * (1 - sparsity)``)."""
+        return self.n_selected / self.numel if self.numel else 0.0
+
+    def summary(self) -> dict[str, float | int]:
+        """JSON-able per-layer numbers: sparsity, rho, selected_fraction, n_selected, W mean/max, clipped."""
+        w_mean = float(self.scale.double().mean()) if self.scale is not None and self.scale.numel() else 1.0
+        w_max = float(self.scale.max()) if self.scale is not None and self.scale.numel() else 1.0
+        return {
+            "sparsity": self.sparsity,
+            "rho": self.rho,
+            "selected_fraction": self.selected_fraction,
+            "n_selected": self.n_selected,
+            "n_surviving": self.n_surviving,
+            "w_mean": w_mean,
+            "w_max": w_max,
+            "n_clipped": self.n_clipped,
+        }
+
+
+def build_selection(
+    fisher: torch.Tensor,
+    mask: torch.Tensor,
+    topk_ratio: float,
+    alpha: float = 0.1,
+    max_scale: float = 10.0,
+    redistribution: bool = True,
+) -> LayerSelection:
+    """G and (optionally) W for one layer, from its saliency and frozen mask.
+
+    :param fisher: saliency F ``[out, in]`` (fp32)
+    :param mask: frozen mask M ``[out, in]`` (True = surviving)
+    :param topk_ratio: fraction of survivors in G, in (0, 1]
+    :param alpha: α of the redistribution
+    :param max_scale: clip of W
+    :param redistribution: compute W (``sau``); ``False`` keeps W = 1 (``topk``)
+    :return: the layer's :class:`LayerSelection`
+    """
+    indices = select_topk(fisher, mask, topk_ratio)
+    rho = saliency_ratio(fisher, mask)
+    scale = None
+    n_clipped = 0
+    if redistribution:
+        w = redistribute(fisher.reshape(-1)[indices], rho, alpha, max_scale)
+        n_clipped = int((w >= max_scale).sum()) if alpha > 0 and rho > 0 else 0
+        scale = None if bool((w == 1).all()) else w
+    return LayerSelection(
+        indices=indices, scale=scale, numel=mask.numel(), n_surviving=int(mask.sum()), rho=rho, n_clipped=n_clipped
+    )

@@ -1,0 +1,196 @@
+"""What an unlearning run is told (:class:`UnlearnConfig`) and what it reports (:class:`UnlearnResult`)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from torch import nn
+
+from sau_compress.data import QARecord, tokenize_records
+from sau_compress.losses import LOSSES, get_loss
+
+__all__ = ["MODES", "UnlearnConfig", "UnlearnJob", "UnlearnResult"]
+
+MODES = ("sau", "dense", "masked", "topk")
+
+_Finite = Field(allow_inf_nan=False)
+#: choice fields are read case-insensitively (the annotation carries it, so the modifier's copy does too)
+_Choice = BeforeValidator(lambda value: value.strip().lower() if isinstance(value, str) else value)
+
+
+def _registered_loss(name: str) -> str:
+    get_loss(name)  # a registry name; the error lists the choices
+    return name
+
+_Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class UnlearnConfig(BaseModel):
+    """Everything :func:`~sau_compress.unlearn.unlearn` needs besides the model and data. Unknown fields are an
+    error; choice fields are read case-insensitively.
+
+    :param method: base unlearning method, a name in :data:`sau_compress.losses.LOSSES`
+    :param mode: ``sau`` | ``dense`` | ``masked`` | ``topk``
+    :param topk_ratio: fraction of each layer's surviving entries in G, in (0, 1]
+    :param alpha: redistribution strength α (W's mean over G is 1 + α·ρ before clipping)
+    :param max_scale: clip of W (≥ 1)
+    :param optimizer: ``adamw`` | ``sgd``
+    :param learning_rate: step size (> 0)
+    :param weight_decay: weight decay (decoupled for AdamW, L2 for SGD), scaled like the rest of the update
+    :param max_steps: exact number of steps (overrides ``epochs``)
+    :param epochs: passes over the forget set
+    :param batch_size: forget (and retain) items per step
+    :param gamma: weight of the forget term
+    :param retain_weight: weight of the retain term (open-unlearning's ``alpha``)
+    :param retain_loss: ``nll`` | ``kl`` (KL to the starting model on the retain answers)
+    :param beta: NPO/SimNPO β (``None``: the method's default, 0.1 / 4.5)
+    :param delta: SimNPO δ
+    :param saliency_batches: forget batches for the saliency pass (``None``: the whole forget set once)
+    :param targets: see :func:`sau_compress.masking.resolve_targets` (``None``: decoder-block Linear layers)
+    :param ignore: see :func:`sau_compress.masking.resolve_targets` (``None``: ``["re:.*lm_head"]``)
+    :param seed: seed of the data order (and of dropout, if the model has any)
+    :param device: ``cpu``, ``cuda``, ``cuda:N`` (``None``: CUDA when available)
+    :param max_grad_norm: clip the norm of the used gradient entries (``None``: no clipping)
+    :param adam_betas: AdamW (β1, β2), each in [0, 1)
+    :param adam_eps: AdamW epsilon
+    :param momentum: SGD momentum, in [0, 1)
+    :param autocast: bf16 autocast for forward/backward on CUDA (saliency and optimizer math stay fp32)
+    :param allow_dense: unlearn a model whose target layers have no pruned entry at all (otherwise an error:
+        SAU is for pruned models). On dense layers ρ = 0 and W = 1, so ``sau`` is its top-k selection there
+    :param progress: show tqdm progress bars
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    method: Annotated[str, _Choice, AfterValidator(_registered_loss)] = "grad_diff"
+    mode: Annotated[Literal["sau", "dense", "masked", "topk"], _Choice] = "sau"
+    topk_ratio: float = Field(0.3, gt=0.0, le=1.0)
+    alpha: Annotated[float, Field(ge=0.0), _Finite] = 0.1
+    max_scale: float = Field(10.0, ge=1.0)
+    optimizer: Annotated[Literal["adamw", "sgd"], _Choice] = "adamw"
+    learning_rate: Annotated[float, Field(gt=0.0), _Finite] = 1e-5
+    weight_decay: Annotated[float, Field(ge=0.0), _Finite] = 0.01
+    max_steps: int | None = Field(None, ge=1)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(4, ge=1)
+    gamma: Annotated[float, Field(ge=0.0), _Finite] = 1.0
+    retain_weight: Annotated[float, Field(ge=0.0), _Finite] = 1.0
+    retain_loss: Annotated[Literal["nll", "kl"], _Choice] = "nll"
+    beta: Annotated[float, Field(gt=0.0), _Finite] | None = None
+    delta: Annotated[float, _Finite] = 0.0
+    saliency_batches: int | None = Field(None, ge=1)
+    targets: list[str] | None = None
+    ignore: list[str] | None = None
+    seed: int = 0
+    device: str | None = None
+    max_grad_norm: Annotated[float, Field(gt=0.0), _Finite] | None = None
+    adam_betas: tuple[_Beta, _Beta] = (0.9, 0.999)
+    adam_eps: Annotated[float, Field(gt=0.0), _Finite] = 1e-8
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    autocast: bool = True
+    allow_dense: bool = False
+    progress: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            dev = torch.device(value)
+        except RuntimeError as err:
+            raise ValueError(f"device '{value}' is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from err
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"device '{value}' is not supported; use 'cpu', 'cuda' or 'cuda:N'")
+        return str(dev)
+
+    def effective_beta(self) -> float | None:
+        """β used by the method: ``beta`` or the method's default."""
+        return self.beta if self.beta is not None else LOSSES[self.method].default_beta
+
+
+@dataclass
+class UnlearnResult:
+    """What a run did and cost.
+
+    ``peak_memory_bytes`` is ``torch.cuda.max_memory_allocated`` over the run on CUDA (model, activations,
+    gradients, optimizer state: everything) and, on CPU, the peak of the training state this loop holds
+    (saliency buffers, gradients, optimizer state, masks, reference values; not the model and not
+    activations): see ``memory_measure``.
+    """
+
+    steps: int
+    losses: list[float]
+    forget_losses: list[float]
+    retain_losses: list[float]
+    seconds: float
+    saliency_seconds: float
+    peak_memory_bytes: int
+    device: str
+    layers: dict[str, dict[str, Any]]
+    pattern_preserved: bool
+    stopped_early: bool
+    mode: str = "sau"
+    method: str = "grad_diff"
+    memory_measure: str = "cpu_training_state"
+    reference_seconds: float = 0.0
+    train_seconds: float = 0.0
+    tokens: int = 0
+    tokens_per_second: float = 0.0
+    optimizer_state_bytes: int = 0
+    pattern_2of4: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: G per layer as ascending flat indices (``sau``/``topk`` only; CPU int64); not part of :meth:`to_dict`
+    selected: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    #: the frozen masks M the run kept (``{layer name: bool [out, in]}``, CPU); not part of :meth:`to_dict`
+    masks: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (plain floats, ints, strings, lists, dicts); ``selected`` and ``masks`` are left out."""
+        return {
+            f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in ("selected", "masks")
+        }
+
+
+@dataclass
+class UnlearnJob:
+    """The data one unlearning stage works on, loaded and tokenized once by whoever runs it, and what the
+    stage reports back. The pipeline builds one and hands it to the modifier; the modifier builds its own
+    only when used on its own (a Python ``oneshot`` with a recipe that names the sets).
+
+    :param forget: tokenized forget items (:func:`sau_compress.data.tokenize_records`)
+    :param retain: tokenized retain items, or ``None``
+    :param pad_token_id: padding id for batches
+    :param callback: ``callback(step, model)`` after every step; ``True`` stops early (see ``unlearn``)
+    :param results: one :class:`UnlearnResult` per run, appended by the stage
+    """
+
+    forget: list[dict[str, Any]]
+    retain: list[dict[str, Any]] | None
+    pad_token_id: int
+    callback: Callable[[int, nn.Module], bool] | None = None
+    results: list[UnlearnResult] = field(default_factory=list)
+
+    @classmethod
+    def from_records(
+        cls,
+        tokenizer: Any,
+        forget: Sequence[QARecord],
+        retain: Sequence[QARecord] | None,
+        max_length: int = 256,
+        chat_template: bool = False,
+        callback: Callable[[int, nn.Module], bool] | None = None,
+    ) -> UnlearnJob:
+        """Tokenize QA records into a job (padding: the tokenizer's pad token, else EOS, else 0)."""
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return cls(
+            forget=tokenize_records(tokenizer, forget, max_length, chat_template),
+            retain=tokenize_records(tokenizer, retain, max_length, chat_template) if retain is not None else None,
+            pad_token_id=int(pad) if pad is not None else 0,
+            callback=callback,
+        )

@@ -1,0 +1,123 @@
+"""The one-way import rule of ``docs/architecture.md``, read from the source with ``ast`` (lazy imports
+inside functions count too), and no import circle between modules."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: layer of each module prefix (the longest matching prefix wins)
+LAYERS = {
+    "sau_compress": "base",
+    "sau_compress._registration": "base",
+    "sau_compress.errors": "base",
+    "sau_compress.io": "base",
+    "sau_compress.saliency": "core",
+    "sau_compress.masking": "core",
+    "sau_compress.selection": "core",
+    "sau_compress.optim": "core",
+    "sau_compress.losses": "core",
+    "sau_compress.data": "data",
+    "sau_compress.unlearn": "loop",
+    "sau_compress.evaluation": "evaluation",
+    "sau_compress.export": "export",
+    "sau_compress.offload": "modifier",
+    "sau_compress.magnitude": "modifier",
+    "sau_compress.modifier": "modifier",
+    "sau_compress.worlds": "worlds",
+    "sau_compress.pipeline": "pipeline",
+    "sau_compress.cli": "cli",
+}
+#: what each layer may import (besides itself)
+ALLOWED = {
+    "base": set(),
+    "core": {"base"},
+    "data": {"base", "core"},
+    "loop": {"base", "core", "data"},
+    "evaluation": {"base", "core", "data"},
+    "export": {"base", "core", "data"},
+    "modifier": {"base", "core", "data", "loop"},
+    "worlds": {"base", "core", "data", "evaluation"},
+    "pipeline": {"base", "core", "data", "loop", "evaluation", "export", "modifier", "worlds"},
+    "cli": {"pipeline"},
+}
+#: the only modules of lower layers the CLI may name: the version and the error types
+CLI_EXTRA = {"sau_compress", "sau_compress.errors"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted((ROOT / "sau_compress").rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for path in sorted((ROOT / "cli").glob("*.py")):
+        stem = path.stem
+        out["sau_compress.cli" if stem == "__init__" else f"sau_compress.cli.{stem}"] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _layer(module: str) -> str:
+    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return LAYERS[best]
+
+
+def _imports(path: Path) -> set[str]:
+    """Every ``sau_compress`` module a file imports, resolved to modules where the name is a module."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                     for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n == "sau_compress" or n.startswith("sau_compress."))
+    return found
+
+
+def test_every_module_has_a_layer():
+    assert "sau_compress.unlearn.loop" in MODULES and "sau_compress.cli.run_cmd" in MODULES
+    for module in MODULES:
+        assert _layer(module) in ALLOWED, module
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_follow_the_layer_rule(module):
+    layer = _layer(module)
+    bad = []
+    for target in sorted(_imports(MODULES[module])):
+        other = _layer(target)
+        if other == layer or other in ALLOWED[layer] or (layer == "cli" and target in CLI_EXTRA):
+            continue
+        bad.append(f"{target} ({other})")
+    assert not bad, f"{module} ({layer}) imports against docs/architecture.md: {bad}"
+
+
+def test_no_import_circle():
+    graph = {m: {t for t in _imports(p) if t in MODULES and t != "sau_compress" and t != m} for m, p in MODULES.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                pytest.fail("import circle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
