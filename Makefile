@@ -20,7 +20,8 @@ install: $(STAMP)
 demo: install
 	$(BIN)/sau-compress demo
 
-test: install
+# lint first, then the tests (the command CI runs)
+test: lint
 	$(BIN)/python -m pytest -q
 
 lint: install

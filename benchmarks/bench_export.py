@@ -59,7 +59,7 @@ def main() -> None:
         start = time.perf_counter()
         dense = [unpack_24_bitmask(*p) for p in packed]
         unpack_s = min(unpack_s, time.perf_counter() - start)
-    if not all(bits_equal(a, b) for a, b in zip(dense, weights)):
+    if not all(bits_equal(a, b) for a, b in zip(dense, weights, strict=True)):
         raise SystemExit("unpacked weights differ from the originals")
     stored = sum(t.numel() * t.element_size() for p in packed for t in p)
 

@@ -33,17 +33,8 @@ from loguru import logger
 
 from sau_compress.data import collate, load_qa, pair_forget_retain, sequential_batches, tokenize_records
 from sau_compress.losses import retain_nll, sequence_nll
-from sau_compress.masking import resolve_targets
+from sau_compress.masking import prune_by_magnitude_, resolve_targets
 from sau_compress.unlearn import UnlearnConfig, unlearn
-
-
-def prune_by_magnitude_(model: torch.nn.Module, fraction: float) -> None:
-    """Zero the ``fraction`` smallest-magnitude entries of every target layer."""
-    with torch.no_grad():
-        for layer in resolve_targets(model).values():
-            w = layer.weight
-            order = w.abs().flatten().argsort(stable=True)
-            w.view(-1)[order[: int(fraction * w.numel())]] = 0.0
 
 
 def load_setup(kind: str) -> tuple[Any, Any, list[dict], list[dict]]:

@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: docs/results/headline; quick: "
                                                "<cache>/headline/quick)")
     p.add_argument("--work", default=None, help="cache of pruned folders (default: <cache>/headline)")
-    p.add_argument("--tofu-dir", default=None, help="TOFU data folder (default: $SAU_COMPRESS_TOFU_DIR, else the bundled data/tofu)")
+    p.add_argument("--tofu-dir", default=None,
+                   help="TOFU data folder (default: $SAU_COMPRESS_TOFU_DIR, else the bundled data/tofu)")
     p.add_argument("--fresh", action="store_true", help="ignore runs already recorded in the output")
     p.add_argument("--json", action="store_true", help="print the comparison rows as JSON at the end")
     p.add_argument("--jobs", type=int, default=None,

@@ -22,12 +22,14 @@ from typing import Any
 __all__ = ["install"]
 
 _TRIGGER = "llmcompressor"
-_MODIFIER_MODULE = "sau_compress.modifier"
+#: each module registers its own modifier class with ``ModifierFactory`` when imported
+_MODIFIER_MODULES = ("sau_compress.magnitude", "sau_compress.modifier")
 
 
 def _register() -> None:
     try:
-        importlib.import_module(_MODIFIER_MODULE)
+        for name in _MODIFIER_MODULES:
+            importlib.import_module(name)
     except ImportError as err:  # llmcompressor partly installed: tell, but never break the user's import
         warnings.warn(f"SparsityAwareUnlearningModifier not registered with llmcompressor: {err}", stacklevel=3)
 

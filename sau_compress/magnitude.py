@@ -18,7 +18,7 @@ with contextlib.redirect_stdout(sys.stderr):  # llmcompressor binds its log sink
 
 from compressed_tensors.offload import update_offload_parameter
 from llmcompressor.core import Event, State
-from llmcompressor.modifiers import Modifier
+from llmcompressor.modifiers import Modifier, ModifierFactory
 from loguru import logger
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
@@ -96,3 +96,6 @@ class OneShotMagnitudePruningModifier(Modifier):
         logger.info(
             f"magnitude pruning: {len(layers)} layers to sparsity {self.sparsity} ({self.mask_structure})"
         )
+
+
+ModifierFactory.register("OneShotMagnitudePruningModifier", OneShotMagnitudePruningModifier)

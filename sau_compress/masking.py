@@ -28,6 +28,7 @@ __all__ = [
     "magnitude_mask",
     "mean_sparsity",
     "parse_mask_structure",
+    "prune_by_magnitude_",
     "resolve_targets",
     "sparsity",
     "verify_2of4",
@@ -316,3 +317,25 @@ def magnitude_mask(
     keep = torch.zeros_like(groups, dtype=torch.bool)
     keep.scatter_(-1, order[..., :n], True)
     return keep.reshape(score.shape)
+
+
+@torch.no_grad()
+def prune_by_magnitude_(
+    model: nn.Module,
+    sparsity: float,
+    mask_structure: str = "unstructured",
+    targets: list[str] | None = None,
+    ignore: list[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Magnitude-prune every target layer of ``model`` in place (:func:`magnitude_mask` per layer).
+
+    For plain in-memory models (tests, benchmarks); inside an llmcompressor recipe use
+    ``OneShotMagnitudePruningModifier``, which also handles offloaded parameters.
+
+    :return: ``{layer name: keep mask}``
+    """
+    masks = {}
+    for name, layer in resolve_targets(model, targets, ignore).items():
+        masks[name] = magnitude_mask(layer.weight, sparsity, mask_structure)
+        layer.weight.masked_fill_(~masks[name], 0.0)
+    return masks

@@ -7,9 +7,9 @@ recipe fields, gets its data once (handed down by the caller through :meth:`assi
 ``on_calibration_start`` (after the earlier stages pruned) calls :func:`sau_compress.unlearn.unlearn`, which
 owns the masks, the selection and the pattern check. The result goes to the job's ``results``.
 
-Importing :mod:`sau_compress` registers this class and
-:class:`~sau_compress.magnitude.OneShotMagnitudePruningModifier` with llmcompressor's ``ModifierFactory``, so
-YAML recipes can name them.
+Importing :mod:`sau_compress` registers this class (and
+:class:`~sau_compress.magnitude.OneShotMagnitudePruningModifier`) with llmcompressor's ``ModifierFactory`` the
+moment llmcompressor is imported, so YAML recipes can name them.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from torch import nn
 
 from sau_compress.data import QASetSpec
 from sau_compress.errors import UserError
-from sau_compress.magnitude import OneShotMagnitudePruningModifier
 from sau_compress.offload import onloaded, quantization_disabled
 from sau_compress.unlearn import UnlearnConfig, UnlearnJob, UnlearnResult, unlearn
 
@@ -247,10 +246,11 @@ def _is_pruning(modifier: Modifier) -> bool:
     from llmcompressor.modifiers.pruning import MagnitudePruningModifier
     from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
 
+    from sau_compress.magnitude import OneShotMagnitudePruningModifier
+
     return isinstance(
         modifier, (SparsityModifierBase, MagnitudePruningModifier, OneShotMagnitudePruningModifier)
     )
 
 
 ModifierFactory.register("SparsityAwareUnlearningModifier", SparsityAwareUnlearningModifier)
-ModifierFactory.register("OneShotMagnitudePruningModifier", OneShotMagnitudePruningModifier)

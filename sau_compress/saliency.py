@@ -1,6 +1,6 @@
 """Saliency: the diagonal (empirical) Fisher of a loss over batches, F = mean over batches of (∂L/∂θ)².
 
-DESIGN.md step 1: F is accumulated in fp32 (:data:`FISHER_PRECISION`) into exactly one buffer per target
+``docs/design.md``, step 1: F is accumulated in fp32 (:data:`FISHER_PRECISION`) into exactly one buffer per target
 parameter. Each parameter's gradient is squared into its buffer by a post-accumulate-grad hook the moment
 autograd produces it and is then freed, so no per-batch copy and no full set of gradients is ever held.
 Pruned positions get saliency too: their weight is zero but their gradient is defined, and it measures

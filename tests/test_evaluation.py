@@ -47,7 +47,10 @@ PERTURBED = [
 
 def _toy_sets() -> dict[str, list[dict]]:
     """Forget = person 1, retain = person 2 (both trained), holdout = person 3 (never trained)."""
-    rows = [dict(r, paraphrased_answer=p, perturbed_answer=w) for r, p, w in zip(QA, PARAPHRASES, PERTURBED)]
+    rows = [
+        dict(r, paraphrased_answer=p, perturbed_answer=w)
+        for r, p, w in zip(QA, PARAPHRASES, PERTURBED, strict=True)
+    ]
     sets = {"forget": rows[0:2], "retain": rows[2:4], "holdout": rows[4:6]}
     return {name: [dict(r, index=i) for i, r in enumerate(recs)] for name, recs in sets.items()}
 
@@ -98,7 +101,7 @@ def test_generation_stops_at_eos(memorizer, tokenizer):
 
 def test_answer_nll_matches_unbatched_forward(tiny_model, tokenizer):
     nll = answer_nll(tiny_model, tokenizer, QA, batch_size=4)
-    for rec, value in zip(QA, nll):
+    for rec, value in zip(QA, nll, strict=True):
         item = tokenize_records(tokenizer, [rec])[0]
         ids = torch.tensor([item["input_ids"]])
         labels = torch.tensor(item["labels"])

@@ -35,7 +35,8 @@ def test_registry_contents():
 
 
 def test_unknown_loss_lists_choices():
-    with pytest.raises(ValueError, match=r"unknown loss 'npo2'; choose from \['grad_ascent', 'grad_diff', 'npo', 'simnpo'\]"):
+    choices = r"\['grad_ascent', 'grad_diff', 'npo', 'simnpo'\]"
+    with pytest.raises(ValueError, match=rf"unknown loss 'npo2'; choose from {choices}"):
         get_loss("npo2")
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 import sau_compress  # noqa: F401 - registers the modifiers
 from sau_compress.data import QASetSpec, collate, load_qa, tokenize_records
+from sau_compress.errors import UserError
 from sau_compress.magnitude import OneShotMagnitudePruningModifier
 from sau_compress.masking import is_2of4, magnitude_mask, parse_mask_structure, sparsity
 from sau_compress.modifier import SparsityAwareUnlearningModifier
@@ -212,7 +213,7 @@ def test_reverse_order_runs_sau_on_dense_layers_with_rho_0_and_w_1(
 
 def test_dense_model_without_pruning_stage_is_a_clear_error(tiny_model_dir, tokenizer, qa_records, qa_files):
     recipe_text = _sau_stage(qa_files["forget"], qa_files["retain"])
-    with pytest.raises(ValueError, match=r"none of the 14 target layers has pruned weights .*pruning stage"):
+    with pytest.raises(UserError, match=r"none of the 14 target layers has pruned weights: .*pruning stage"):
         _oneshot(tiny_model_dir, recipe_text, tokenizer, qa_records)
 
 

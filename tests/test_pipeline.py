@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from sau_compress.cli.app import app
 from sau_compress.io import OutputExistsError
-from sau_compress.masking import is_2of4, sparsity
 from sau_compress.magnitude import OneShotMagnitudePruningModifier
+from sau_compress.masking import is_2of4, sparsity
 from sau_compress.modifier import SparsityAwareUnlearningModifier
 from sau_compress.pipeline import (
     SAU_MODIFIER,

@@ -12,24 +12,14 @@ from pydantic import ValidationError
 
 from sau_compress.data import tokenize_records
 from sau_compress.errors import UserError
-from sau_compress.masking import capture_masks, resolve_targets
+from sau_compress.masking import capture_masks, prune_by_magnitude_, resolve_targets
 from sau_compress.selection import selection_mask
 from sau_compress.unlearn import NonFiniteLossError, UnlearnConfig, unlearn
 
 
-def prune_by_magnitude_(model: torch.nn.Module, fraction: float = 0.5) -> None:
-    """Zero the ``fraction`` smallest-magnitude entries of every target layer (plain torch)."""
-    with torch.no_grad():
-        for layer in resolve_targets(model).values():
-            w = layer.weight
-            k = int(fraction * w.numel())
-            order = w.abs().flatten().argsort(stable=True)
-            w.view(-1)[order[:k]] = 0.0
-
-
 @pytest.fixture()
 def pruned(tiny_model):
-    prune_by_magnitude_(tiny_model)
+    prune_by_magnitude_(tiny_model, 0.5)
     return tiny_model
 
 
@@ -77,7 +67,7 @@ def test_200_adamw_steps_keep_pruned_zero_and_unselected_bit_identical(pruned, i
 
 def test_masked_and_dense_give_the_same_survivor_trajectory(tiny_model, items):
     data, pad = items
-    prune_by_magnitude_(tiny_model)
+    prune_by_magnitude_(tiny_model, 0.5)
     twin = type(tiny_model)(tiny_model.config)
     twin.load_state_dict(tiny_model.state_dict())
     cfg = {"method": "grad_diff", "max_steps": 20, "weight_decay": 0.1}
@@ -110,7 +100,7 @@ def test_sau_w_differs_from_topk_and_result_numbers(pruned, items):
 
 def test_sau_optimizer_state_is_a_fraction_of_dense(tiny_model, items):
     data, pad = items
-    prune_by_magnitude_(tiny_model)
+    prune_by_magnitude_(tiny_model, 0.5)
     state = tiny_model.state_dict()
     sizes = {}
     for mode in ("sau", "dense"):
@@ -143,7 +133,7 @@ def test_npo_and_kl_start_from_the_reference(pruned, items):
 
 def test_deterministic_for_a_seed(tiny_model, items):
     data, pad = items
-    prune_by_magnitude_(tiny_model)
+    prune_by_magnitude_(tiny_model, 0.5)
     state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     finals = []
     for seed in (3, 3, 4):
