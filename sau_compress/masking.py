@@ -19,6 +19,7 @@ from torch import nn
 __all__ = [
     "DECODER_LAYER_PATTERN",
     "DEFAULT_IGNORE",
+    "FP8_DTYPES",
     "MaskViolationError",
     "capture_masks",
     "check_structure_sparsity",
@@ -27,6 +28,7 @@ __all__ = [
     "is_2of4",
     "magnitude_mask",
     "mean_sparsity",
+    "nonzero_mask",
     "parse_mask_structure",
     "prune_by_magnitude_",
     "resolve_targets",
@@ -39,6 +41,11 @@ __all__ = [
 DECODER_LAYER_PATTERN = r"(^|.*\.)layers\.\d+\."
 #: Default ignore list (llmcompressor's form; a bare ``"lm_head"`` does not match ``Linear`` targets there).
 DEFAULT_IGNORE = ("re:.*lm_head",)
+#: The float8 dtypes this torch build has; their zeros are read from the bits (see :func:`nonzero_mask`).
+FP8_DTYPES = tuple(
+    getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+    if hasattr(torch, name)
+)
 
 
 class MaskViolationError(RuntimeError):
@@ -185,16 +192,31 @@ def verify_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         raise MaskViolationError(f"sparsity pattern changed in {len(bad)} layer(s): " + "; ".join(bad))
 
 
+def nonzero_mask(weight: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the entries that are not zero (``-0.0`` counts as zero; NaN counts as non-zero).
+
+    :param weight: any tensor; float8, integer and bool dtypes are supported
+    :return: bool tensor of ``weight``'s shape, on its device
+    """
+    if weight.dtype in FP8_DTYPES:
+        # float8 comparisons are not implemented on every device: read the bits, 0x00 and 0x80 are the zeros
+        return (weight.view(torch.int8) & 0x7F) != 0
+    return weight != 0
+
+
 def _groups_of_4(weight: torch.Tensor) -> torch.Tensor:
     if weight.dim() != 2:
         raise ValueError(f"2:4 checks need a 2-D weight [out, in], got shape {tuple(weight.shape)}")
     if weight.shape[1] % 4:
         raise ValueError(f"2:4 checks need the input dim to be a multiple of 4, got shape {tuple(weight.shape)}")
-    return (weight != 0).reshape(weight.shape[0], -1, 4)
+    rows, cols = weight.shape
+    return nonzero_mask(weight).reshape(rows, cols // 4, 4)
 
 
 def count_2of4_violations(weight: torch.Tensor) -> int:
     """Number of groups of 4 consecutive entries along the input dim that hold more than 2 non-zeros.
+
+    Zeros are those of :func:`nonzero_mask` (float8 weights included).
 
     :param weight: a 2-D weight ``[out, in]`` with ``in % 4 == 0`` (or its bool mask)
     :return: the number of offending groups
