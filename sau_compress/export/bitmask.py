@@ -1,7 +1,8 @@
 """The ``sparse-24-bitmask`` tensor layout of compressed-tensors (<= 0.14.0.1): pack and unpack one weight.
 
-Pure tensor math (torch only). A weight ``[rows, cols]`` whose groups of 4 consecutive entries
-along the input (column) dimension hold at most 2 non-zeros is stored as
+Pure tensor math (torch only; what counts as zero is :func:`sau_compress.masking.nonzero_mask`). A weight
+``[rows, cols]`` whose groups of 4 consecutive entries along the input (column) dimension hold at most 2
+non-zeros is stored as
 
 - ``compressed``: ``[rows, cols / 2]``, the 2 kept values of every group in row-major order, in the weight's
   dtype (float8 weights are gathered through an int8 view of their bytes);
@@ -20,26 +21,19 @@ from __future__ import annotations
 import torch
 
 from sau_compress.errors import CorruptCheckpointError
+from sau_compress.masking import FP8_DTYPES, nonzero_mask
 
 __all__ = [
     "BITMASK_DTYPE",
     "SHAPE_DTYPE",
-    "CorruptCheckpointError",
     "bits_equal",
     "canonical_zeros",
-    "count_group_violations",
-    "is_two_four",
-    "nonzero_mask",
     "pack_24_bitmask",
     "unpack_24_bitmask",
 ]
 
 BITMASK_DTYPE = torch.uint8
 SHAPE_DTYPE = torch.int64
-_FP8_DTYPES = tuple(
-    getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
-    if hasattr(torch, name)
-)
 
 
 def _int_view(tensor: torch.Tensor) -> torch.Tensor:
@@ -48,23 +42,11 @@ def _int_view(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[size])
 
 
-def nonzero_mask(weight: torch.Tensor) -> torch.Tensor:
-    """Boolean mask of the entries that are not zero (``-0.0`` counts as zero; NaN counts as non-zero).
-
-    :param weight: any tensor; float8 and integer dtypes are supported
-    :return: bool tensor of ``weight``'s shape
-    """
-    if weight.dtype in _FP8_DTYPES:
-        # float8 comparisons are not implemented on every device: read the bits, 0x00 and 0x80 are the zeros
-        return (weight.view(torch.int8) & 0x7F) != 0
-    return weight != 0
-
-
 def canonical_zeros(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` with every ``-0.0`` replaced by ``+0.0`` (what a round trip through the format returns)."""
-    if weight.dtype.is_floating_point and weight.dtype not in _FP8_DTYPES:
+    if weight.dtype.is_floating_point and weight.dtype not in FP8_DTYPES:
         return torch.where(weight == 0, torch.zeros((), dtype=weight.dtype, device=weight.device), weight)
-    if weight.dtype in _FP8_DTYPES:
+    if weight.dtype in FP8_DTYPES:
         raw = weight.view(torch.int8)
         return torch.where(raw == -128, torch.zeros((), dtype=torch.int8, device=raw.device), raw).view(weight.dtype)
     return weight
@@ -112,23 +94,6 @@ def _tables() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, t
 _POPCOUNT, _KEEP, _INDEX, _BYTE_FLAGS, _NIBBLE_BITS = _tables()
 
 
-def count_group_violations(weight: torch.Tensor, name: str = "weight") -> int:
-    """Number of groups of 4 (along the input dim) with more than 2 non-zeros.
-
-    :param weight: ``[rows, cols]`` with ``cols % 4 == 0``
-    :param name: tensor name used in errors
-    :return: how many groups break the 2:4 pattern
-    """
-    return int((_POPCOUNT[_group_codes(weight.detach().cpu(), name)] > 2).sum())
-
-
-def is_two_four(weight: torch.Tensor) -> bool:
-    """True when ``weight`` is 2-D, ``cols % 4 == 0`` and every group of 4 holds at most 2 non-zeros."""
-    if weight.dim() != 2 or weight.shape[1] % 4 != 0:
-        return False
-    return count_group_violations(weight) == 0
-
-
 def pack_24_bitmask(weight: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Compress a 2:4 sparse weight into ``(compressed, bitmask, shape)``.
 
@@ -149,9 +114,9 @@ def pack_24_bitmask(weight: torch.Tensor, name: str = "weight") -> tuple[torch.T
             f"(first at row {row}, columns {4 * group}..{4 * group + 3}); export it with format 'dense'"
         )
     keep = _KEEP[codes]  # the non-zeros, then each group's lowest-index zeros, exactly 2 per group
-    raw = weight.view(torch.int8) if weight.dtype in _FP8_DTYPES else weight
+    raw = weight.view(torch.int8) if weight.dtype in FP8_DTYPES else weight
     compressed = torch.gather(raw.view(rows, groups, 4), -1, _INDEX[keep.long()]).view(rows, groups * 2)
-    if weight.dtype in _FP8_DTYPES:
+    if weight.dtype in FP8_DTYPES:
         compressed = compressed.view(weight.dtype)
     # two groups per byte, little-endian: group 2k in bits 0..3, group 2k+1 in bits 4..7
     if groups % 2:
@@ -233,7 +198,7 @@ def unpack_24_bitmask(
         )
     keep = _BYTE_FLAGS[as_index].view(torch.uint8).view(torch.bool).view(rows, -1)  # [rows, 8 * ceil(cols/8)]
     values = compressed.detach().cpu().contiguous()
-    fp8 = values.dtype in _FP8_DTYPES
+    fp8 = values.dtype in FP8_DTYPES
     raw = values.view(torch.int8) if fp8 else values
     dense = torch.zeros(keep.shape, dtype=raw.dtype)
     dense.masked_scatter_(keep, raw)
@@ -246,6 +211,6 @@ def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when ``a`` and ``b`` have the same shape, dtype and bits, zeros compared as ``+0.0``."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    if a.dtype == torch.bool or not (a.dtype.is_floating_point or a.dtype in _FP8_DTYPES):
+    if a.dtype == torch.bool or not (a.dtype.is_floating_point or a.dtype in FP8_DTYPES):
         return torch.equal(a, b)
     return torch.equal(_int_view(canonical_zeros(a)), _int_view(canonical_zeros(b)))

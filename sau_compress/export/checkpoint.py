@@ -23,17 +23,12 @@ from torch import nn
 from tqdm import tqdm
 
 from sau_compress import __version__
-from sau_compress.export.bitmask import (
-    CorruptCheckpointError,
-    bits_equal,
-    is_two_four,
-    nonzero_mask,
-    pack_24_bitmask,
-    unpack_24_bitmask,
-)
+from sau_compress.errors import CorruptCheckpointError
+from sau_compress.export.bitmask import bits_equal, pack_24_bitmask, unpack_24_bitmask
 from sau_compress.export.files import INDEX_NAME, checkpoint_files, read_tensors, tensor_index, write_tensors
 from sau_compress.export.metadata import SIDECAR_NAME, build_sidecar, jsonable
 from sau_compress.io import atomic_output_dir
+from sau_compress.masking import is_2of4, nonzero_mask
 
 __all__ = [
     "CT_FORMAT_VERSION",
@@ -258,7 +253,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 def _layer_stats(name: str, weight: torch.Tensor) -> dict[str, Any]:
     nz = int(nonzero_mask(weight).sum()) if weight.numel() else 0
     sparsity = 1.0 - nz / weight.numel() if weight.numel() else 0.0
-    two_four = is_two_four(weight)
+    two_four = is_2of4(weight)
     if two_four and sparsity > 0:
         structure = "2:4"
     elif sparsity > 0:

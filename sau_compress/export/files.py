@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sau_compress.export.bitmask import CorruptCheckpointError
+from sau_compress.errors import CorruptCheckpointError
 
 __all__ = [
     "DTYPE_BYTES",

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sau_compress.export.bitmask import CorruptCheckpointError, is_two_four, nonzero_mask, unpack_24_bitmask
+from sau_compress.errors import CorruptCheckpointError
+from sau_compress.export.bitmask import unpack_24_bitmask
 from sau_compress.export.checkpoint import (
     SPARSE_FORMAT,
     _linear_names_from_config,
@@ -20,6 +21,7 @@ from sau_compress.export.checkpoint import (
 )
 from sau_compress.export.files import read_tensors, tensor_index
 from sau_compress.export.metadata import SIDECAR_NAME, vllm_support
+from sau_compress.masking import is_2of4, nonzero_mask
 
 __all__ = ["inspect_checkpoint"]
 
@@ -79,7 +81,7 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             "dtype": dtype,
             "stored": stored,
             "sparsity": 1.0 - nz / numel if numel else 0.0,
-            "is_2of4": is_two_four(weight),
+            "is_2of4": is_2of4(weight),
             "bytes": nbytes,
             "dense_bytes": full,
         })
