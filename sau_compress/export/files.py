@@ -1,4 +1,4 @@
-"""safetensors files of a checkpoint folder: checked headers, tensor reading, sharded writing.
+"""Files of a checkpoint folder: safetensors (checked headers, tensor reading, sharded writing) and JSON.
 
 Headers are parsed and checked here before safetensors reads anything, so a truncated or corrupt file
 fails with a message naming the file and the tensor instead of a bare Rust error.
@@ -13,6 +13,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -27,6 +28,7 @@ __all__ = [
     "TensorInfo",
     "checkpoint_files",
     "read_header",
+    "read_json",
     "read_tensors",
     "tensor_index",
     "write_tensors",
@@ -60,6 +62,17 @@ class TensorInfo:
     def torch_dtype(self) -> str:
         """The torch dtype name (``bfloat16``, ``uint8`` ...) or the raw code when unknown."""
         return TORCH_DTYPE_NAMES.get(self.dtype, self.dtype)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file of a checkpoint folder (``config.json``, the sidecar).
+
+    :raises CorruptCheckpointError: not valid JSON (the message names the file)
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptCheckpointError(f"{path}: not valid JSON ({err})") from err
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, TensorInfo]:

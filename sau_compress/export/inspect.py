@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from sau_compress.errors import CorruptCheckpointError
 from sau_compress.export.bitmask import unpack_24_bitmask
-from sau_compress.export.checkpoint import (
+from sau_compress.export.config import (
     SPARSE_FORMAT,
-    _linear_names_from_config,
-    compressed_prefixes,
-    fused_mismatches,
     has_quantization,
     quantization_format,
     read_config,
     sparsity_format,
 )
+from sau_compress.export.convert import fused_mismatches, zero_fraction
 from sau_compress.export.files import read_tensors, tensor_index
-from sau_compress.export.metadata import SIDECAR_NAME, vllm_support
-from sau_compress.masking import is_2of4, nonzero_mask
+from sau_compress.export.metadata import read_sidecar, vllm_support
+from sau_compress.export.state import COMPRESSED_SUFFIXES, compressed_prefixes, linear_names_from_config
+from sau_compress.masking import is_2of4
 
 __all__ = ["inspect_checkpoint"]
 
@@ -43,7 +41,7 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     sc = (config.get("quantization_config") or {}).get("sparsity_config") or {}
     fmt = SPARSE_FORMAT if sparse_fmt == SPARSE_FORMAT else "dense"
     quant = quantization_format(config)
-    linear = _linear_names_from_config(config)
+    linear = linear_names_from_config(config)
     prefixes = compressed_prefixes(infos)
     if linear is None:
         linear = sorted({n[: -len(".weight")] for n, i in infos.items() if n.endswith(".weight") and len(i.shape) == 2}
@@ -53,10 +51,10 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     dense_bytes = 0
     for name in linear:
         if name in prefixes:
-            parts = {s: infos[f"{name}.{s}"] for s in ("compressed", "bitmask", "shape") if f"{name}.{s}" in infos}
+            parts = {s: infos[f"{name}.{s}"] for s in COMPRESSED_SUFFIXES if f"{name}.{s}" in infos}
             if len(parts) != 3:
                 raise CorruptCheckpointError(f"{infos[name + '.compressed'].file}: '{name}' lacks bitmask or shape")
-            tensors = dict(read_tensors(infos, [f"{name}.{s}" for s in ("compressed", "bitmask", "shape")]))
+            tensors = dict(read_tensors(infos, [f"{name}.{s}" for s in COMPRESSED_SUFFIXES]))
             weight = unpack_24_bitmask(tensors[f"{name}.compressed"], tensors[f"{name}.bitmask"],
                                        tensors[f"{name}.shape"], f"{parts['compressed'].file}: {name}")
             nbytes = sum(p.nbytes for p in parts.values())
@@ -70,9 +68,7 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             dtype = info.torch_dtype
         else:
             continue  # tied to another tensor, or packed by a quantization format (weight_packed)
-        numel = weight.numel()
-        nz = int(nonzero_mask(weight).sum())
-        full = numel * weight.element_size()
+        full = weight.numel() * weight.element_size()
         stored_bytes += nbytes
         dense_bytes += full
         layers.append({
@@ -80,7 +76,7 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             "shape": list(weight.shape),
             "dtype": dtype,
             "stored": stored,
-            "sparsity": 1.0 - nz / numel if numel else 0.0,
+            "sparsity": zero_fraction(weight),
             "is_2of4": is_2of4(weight),
             "bytes": nbytes,
             "dense_bytes": full,
@@ -94,11 +90,10 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         warnings += [f"vLLM needs fused layers to share a scheme: {line}"
                      for line in fused_mismatches(compressed, {layer["name"] for layer in layers})]
     sidecar = None
-    if (folder / SIDECAR_NAME).is_file():
-        try:
-            sidecar = json.loads((folder / SIDECAR_NAME).read_text())
-        except json.JSONDecodeError as err:
-            warnings.append(f"{folder / SIDECAR_NAME}: not valid JSON ({err})")
+    try:
+        sidecar = read_sidecar(folder)
+    except CorruptCheckpointError as err:
+        warnings.append(str(err))
     return {
         "path": str(folder.absolute()),
         "format": fmt,

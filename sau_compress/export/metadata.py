@@ -10,15 +10,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from sau_compress.errors import InputNotFoundError, UserError
+from sau_compress.export.files import read_json
 
 __all__ = [
     "SIDECAR_NAME",
     "build_sidecar",
     "forget_set_hash",
     "jsonable",
+    "read_metadata_file",
+    "read_sidecar",
     "unlearning_record",
     "vllm_support",
 ]
@@ -49,6 +55,33 @@ def jsonable(value: Any, where: str = "value") -> Any:
     if hasattr(value, "tolist") and callable(value.tolist):  # torch / numpy scalars and small arrays
         return jsonable(value.tolist(), where)
     raise TypeError(f"{where}: a {type(value).__name__} cannot be written to JSON; pass numbers, strings, lists, dicts")
+
+
+def read_metadata_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object of a file of extras for the sidecar (``sau-compress export --metadata``).
+
+    :raises InputNotFoundError: no such file
+    :raises UserError: not valid JSON, or not a JSON object
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise InputNotFoundError(f"metadata file '{file}' does not exist")
+    try:
+        extra = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"metadata file {file}: not valid JSON ({err})") from err
+    if not isinstance(extra, dict):
+        raise UserError(f"metadata file {file}: expected a JSON object")
+    return extra
+
+
+def read_sidecar(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The sidecar of a model folder, or None when it has none.
+
+    :raises CorruptCheckpointError: the sidecar is not valid JSON
+    """
+    file = Path(folder) / SIDECAR_NAME
+    return read_json(file) if file.is_file() else None
 
 
 def forget_set_hash(records: Sequence[dict[str, Any]]) -> str:

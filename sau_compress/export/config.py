@@ -1,0 +1,120 @@
+"""A model folder's ``config.json``: reading it, what its ``quantization_config`` says, the export formats.
+
+The format names are checked here once (:func:`check_format` for an export format, :func:`source_format` for
+the sparsity format of a folder to read), and :func:`compat_config` adds the keys transformers 4.x reads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sau_compress.export.files import read_json
+
+__all__ = [
+    "CT_FORMAT_VERSION",
+    "FORMATS",
+    "QUANT_METHOD",
+    "SPARSE_FORMAT",
+    "check_format",
+    "compat_config",
+    "has_quantization",
+    "quantization_format",
+    "read_config",
+    "source_format",
+    "sparsity_format",
+]
+
+FORMATS = ("sparse-24-bitmask", "dense")
+SPARSE_FORMAT = "sparse-24-bitmask"
+# the compressed-tensors release whose format we write (the last one that has the sparse-24-bitmask compressor)
+CT_FORMAT_VERSION = "0.14.0.1"
+QUANT_METHOD = "compressed-tensors"
+
+
+def check_format(fmt: str, allowed: Sequence[str] = FORMATS) -> str:
+    """Check an export format name.
+
+    :param fmt: the name given
+    :param allowed: the names accepted (default :data:`FORMATS`; a caller with its own choice, such as
+        ``auto``, passes it with them)
+    :return: ``fmt``
+    :raises ValueError: ``fmt`` is not one of ``allowed`` (the message lists them)
+    """
+    if fmt not in allowed:
+        raise ValueError(f"unknown export format '{fmt}'; choose from {list(allowed)}")
+    return fmt
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of a model folder as a dict.
+
+    :raises FileNotFoundError: no ``config.json``
+    :raises CorruptCheckpointError: not valid JSON
+    """
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"'{path}' is not a model folder: no config.json")
+    return read_json(file)
+
+
+def sparsity_format(config: dict[str, Any]) -> str | None:
+    """The ``sparsity_config.format`` of a config dict's ``quantization_config`` (None when absent or empty)."""
+    qc = config.get("quantization_config") or {}
+    sc = qc.get("sparsity_config") or {}
+    return sc.get("format") or None
+
+
+def has_quantization(config: dict[str, Any]) -> bool:
+    """True when ``quantization_config`` describes quantized weights or activations (not only sparsity)."""
+    qc = config.get("quantization_config") or {}
+    if qc and qc.get("quant_method", QUANT_METHOD) != QUANT_METHOD:
+        return True  # another library's quantization (gptq, awq, bnb ...)
+    return bool(qc.get("config_groups") or qc.get("kv_cache_scheme"))
+
+
+def quantization_format(config: dict[str, Any]) -> str | None:
+    """The compressed-tensors quantization format (``float-quantized``, ``int-quantized`` ...) or None."""
+    if not has_quantization(config):
+        return None
+    qc = config["quantization_config"]
+    return qc.get("format") or qc.get("quant_method")
+
+
+def source_format(config: dict[str, Any], folder: Path) -> str | None:
+    """The sparsity format of a folder to read, checked: None, ``dense``, or ``sparse-24-bitmask`` unquantized.
+
+    :param config: the folder's config dict (:func:`read_config`)
+    :param folder: the folder, named in errors
+    :return: :func:`sparsity_format` of ``config``
+    :raises ValueError: another sparsity format, or a quantized ``sparse-24-bitmask`` folder
+    """
+    fmt = sparsity_format(config)
+    if fmt not in (None, "dense", SPARSE_FORMAT):
+        raise ValueError(f"{folder / 'config.json'}: sparsity format '{fmt}' is not supported; "
+                         f"supported: dense, {SPARSE_FORMAT}")
+    if fmt == SPARSE_FORMAT and has_quantization(config):
+        raise ValueError(f"{folder}: quantized sparse-24-bitmask checkpoints are not supported")
+    return fmt
+
+
+def compat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Add the keys transformers 4.x reads next to the 5.x ones, so both versions load the same config.
+
+    transformers 5 writes ``dtype`` and ``rope_parameters``; 4.57 (the compressed-tensors 0.14 reader's
+    transformers, and vLLM <= 0.18.1's) reads ``torch_dtype``, ``rope_theta`` and ``rope_scaling`` and would
+    silently fall back to defaults (rope_theta 10000) without them.
+    """
+    out = dict(config)
+    if "dtype" in out and "torch_dtype" not in out:
+        out["torch_dtype"] = out["dtype"]
+    rope = out.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        out.setdefault("rope_theta", rope["rope_theta"])
+        if "rope_scaling" not in out:
+            rope_type = rope.get("rope_type", rope.get("type", "default"))
+            extra = {k: v for k, v in rope.items() if k != "rope_theta"}
+            out["rope_scaling"] = None if rope_type == "default" and len(extra) <= 1 else extra
+    return out
