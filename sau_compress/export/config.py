@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sau_compress.errors import InputNotFoundError, UserError
 from sau_compress.export.files import read_json
 
 __all__ = [
@@ -41,22 +42,22 @@ def check_format(fmt: str, allowed: Sequence[str] = FORMATS) -> str:
     :param allowed: the names accepted (default :data:`FORMATS`; a caller with its own choice, such as
         ``auto``, passes it with them)
     :return: ``fmt``
-    :raises ValueError: ``fmt`` is not one of ``allowed`` (the message lists them)
+    :raises UserError: ``fmt`` is not one of ``allowed`` (the message lists them)
     """
     if fmt not in allowed:
-        raise ValueError(f"unknown export format '{fmt}'; choose from {list(allowed)}")
+        raise UserError(f"unknown export format '{fmt}'; choose from {list(allowed)}")
     return fmt
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``config.json`` of a model folder as a dict.
 
-    :raises FileNotFoundError: no ``config.json``
+    :raises InputNotFoundError: no ``config.json``
     :raises CorruptCheckpointError: not valid JSON
     """
     file = Path(path) / "config.json"
     if not file.is_file():
-        raise FileNotFoundError(f"'{path}' is not a model folder: no config.json")
+        raise InputNotFoundError(f"'{path}' is not a model folder: no config.json")
     return read_json(file)
 
 
@@ -89,14 +90,14 @@ def source_format(config: dict[str, Any], folder: Path) -> str | None:
     :param config: the folder's config dict (:func:`read_config`)
     :param folder: the folder, named in errors
     :return: :func:`sparsity_format` of ``config``
-    :raises ValueError: another sparsity format, or a quantized ``sparse-24-bitmask`` folder
+    :raises UserError: another sparsity format, or a quantized ``sparse-24-bitmask`` folder
     """
     fmt = sparsity_format(config)
     if fmt not in (None, "dense", SPARSE_FORMAT):
-        raise ValueError(f"{folder / 'config.json'}: sparsity format '{fmt}' is not supported; "
+        raise UserError(f"{folder / 'config.json'}: sparsity format '{fmt}' is not supported; "
                          f"supported: dense, {SPARSE_FORMAT}")
     if fmt == SPARSE_FORMAT and has_quantization(config):
-        raise ValueError(f"{folder}: quantized sparse-24-bitmask checkpoints are not supported")
+        raise UserError(f"{folder}: quantized sparse-24-bitmask checkpoints are not supported")
     return fmt
 
 

@@ -11,6 +11,7 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
+from sau_compress.errors import UserError
 from sau_compress.export.bitmask import pack_24_bitmask
 from sau_compress.export.config import (
     CT_FORMAT_VERSION,
@@ -84,7 +85,7 @@ def convert(state: dict[str, torch.Tensor], config: dict[str, Any], linear: list
     :param config: the HF config dict (with the ``quantization_config`` of a quantized state)
     :param linear: the Linear layer names; None = the 2-D ``*.weight`` tensors inside decoder layers
     :param fmt: a checked format name (:func:`sau_compress.export.config.check_format`)
-    :raises ValueError: ``sparse-24-bitmask`` of a quantized state, or of a state with no 2:4 Linear layer
+    :raises UserError: ``sparse-24-bitmask`` of a quantized state, or of a state with no 2:4 Linear layer
     """
     if linear is None:  # unknown architecture: 2-D weights inside decoder layers
         linear = [n[: -len(".weight")] for n, t in state.items()
@@ -102,13 +103,13 @@ def convert(state: dict[str, torch.Tensor], config: dict[str, Any], linear: list
         return Converted(dict(state), out_config, records, [])
 
     if quantized:
-        raise ValueError(
+        raise UserError(
             f"format '{SPARSE_FORMAT}' of a quantized checkpoint ({quantization_format(config)}) is not supported; "
             "export it with format 'dense' (the quantization is kept)"
         )
     compressed_layers = [name for name in present if records[name]["is_2of4"]]
     if not compressed_layers:
-        raise ValueError(
+        raise UserError(
             f"no Linear layer is 2:4 sparse (checked {len(present)}), so '{SPARSE_FORMAT}' would store nothing "
             "compressed; prune with a 2:4 recipe or export with format 'dense'"
         )

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sau_compress.errors import CorruptCheckpointError
+from sau_compress.errors import CorruptCheckpointError, InputNotFoundError
 
 __all__ = [
     "DTYPE_BYTES",
@@ -127,7 +127,7 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, TensorInfo]:
 def checkpoint_files(folder: str | os.PathLike[str]) -> list[Path]:
     """The safetensors files of a checkpoint folder (from the index when sharded).
 
-    :raises FileNotFoundError: no ``model.safetensors`` nor index in ``folder``
+    :raises InputNotFoundError: no ``model.safetensors`` nor index in ``folder``
     :raises CorruptCheckpointError: the index names a missing file
     """
     folder = Path(folder)
@@ -148,7 +148,7 @@ def checkpoint_files(folder: str | os.PathLike[str]) -> list[Path]:
     found = sorted(folder.glob("*.safetensors"))
     if found:
         return found
-    raise FileNotFoundError(f"no safetensors weights in '{folder}' (expected {SINGLE_NAME} or {INDEX_NAME})")
+    raise InputNotFoundError(f"no safetensors weights in '{folder}' (expected {SINGLE_NAME} or {INDEX_NAME})")
 
 
 def tensor_index(folder: str | os.PathLike[str]) -> dict[str, TensorInfo]:

@@ -10,6 +10,7 @@ import torch
 from loguru import logger
 from torch import nn
 
+from sau_compress.errors import UserError
 from sau_compress.export.config import QUANT_METHOD
 
 __all__ = [
@@ -77,6 +78,8 @@ def quantized_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
 
     Uses the installed compressed-tensors' own compressors per module (the model is not modified), so the
     result is what llmcompressor's ``save_pretrained`` writes, minus any sparsity targets.
+
+    :raises UserError: a module is already in its compressed form
     """
     quantized = [(n, m) for n, m in model.named_modules() if getattr(m, "quantization_scheme", None) is not None]
     if not quantized:
@@ -91,7 +94,7 @@ def quantized_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
     state = dedup_state_dict(model)
     for prefix, module in quantized:
         if getattr(module, "quantization_status", None) == QuantizationStatus.COMPRESSED:
-            raise ValueError(f"module '{prefix}' is already compressed; save the model before compressing it")
+            raise UserError(f"module '{prefix}' is already compressed; save the model before compressing it")
         scheme = module.quantization_scheme
         fmt = CompressionFormat(scheme.format or CompressionFormat.dense)
         compressor = BaseCompressor.get_value_from_registry(fmt.value)

@@ -22,6 +22,7 @@ from loguru import logger
 from torch import nn
 
 from sau_compress import __version__
+from sau_compress.errors import InputNotFoundError, UserError
 from sau_compress.export.bitmask import bits_equal
 from sau_compress.export.config import (
     check_format,
@@ -125,8 +126,9 @@ def save_model(
     :param overwrite: replace an existing ``output``
     :param max_shard_bytes: shard the weights past this size
     :return: the output folder
-    :raises ValueError: unknown format; sparse-24-bitmask of a quantized model or of a model with no 2:4 layer
-    :raises sau_compress.io.OutputExistsError: ``output`` exists and ``overwrite`` is false
+    :raises UserError: unknown format; sparse-24-bitmask of a quantized model or of a model with no 2:4 layer
+    :raises sau_compress.errors.OutputExistsError: ``output`` exists and ``overwrite`` is false
+    :raises TypeError: ``model`` is not a transformers model; ``metadata`` is not JSON-able
     """
     check_format(format)
     if not hasattr(model, "config"):
@@ -177,14 +179,19 @@ def export_checkpoint(
     :param overwrite: replace an existing ``output``
     :param max_shard_bytes: shard the weights past this size
     :return: the output folder
+    :raises InputNotFoundError: no ``source`` folder, or one without ``config.json`` or safetensors weights
+    :raises sau_compress.errors.CorruptCheckpointError: a corrupt file or tensor of ``source`` (named)
+    :raises UserError: unknown format, a source format we cannot read, ``output`` inside ``source``, or a
+        state that ``format`` cannot store (see :func:`save_model`)
+    :raises sau_compress.errors.OutputExistsError: ``output`` exists and ``overwrite`` is false
     """
     check_format(format)
     src = Path(source).expanduser().absolute()
     dst = Path(output).expanduser().absolute()
     if not src.is_dir():
-        raise FileNotFoundError(f"source model folder '{src}' does not exist")
+        raise InputNotFoundError(f"source model folder '{src}' does not exist")
     if dst == src or src in dst.parents:
-        raise ValueError(f"output '{dst}' must not be the source folder '{src}' or inside it")
+        raise UserError(f"output '{dst}' must not be the source folder '{src}' or inside it")
     config = read_config(src)
     fmt = source_format(config, src)
     checkpoint_files(src)  # a clear error for a folder without safetensors weights
@@ -229,6 +236,7 @@ def export_model(
     :param metadata: extras for the sidecar: a dict, or the path of a JSON file holding one object
     :param overwrite: replace an existing ``output``
     :return: the sidecar written (:data:`SIDECAR_NAME`), with ``output`` (the folder, absolute) added
+    :raises UserError: as :func:`export_checkpoint`, and a metadata file that is missing or not a JSON object
     """
     check_format(format)
     extra = read_metadata_file(metadata) if isinstance(metadata, (str, os.PathLike)) else metadata
