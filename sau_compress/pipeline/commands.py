@@ -4,7 +4,6 @@ parses arguments and renders that dict."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -163,25 +162,15 @@ def export_model(src: str, format: str, output: str | os.PathLike[str], overwrit
                  metadata: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Write ``src`` as ``sparse-24-bitmask`` or ``dense``, atomically and verified, with a sidecar record.
 
+    :param src: a checkpoint folder, or a toy model name
     :param metadata: a JSON file whose object is recorded in the sidecar
-    :return: the sidecar record, plus ``output``
+    :return: the sidecar record, plus ``output`` (:func:`sau_compress.export.export_model`)
     """
-    from sau_compress.export import FORMATS, SIDECAR_NAME, export_checkpoint
+    from sau_compress.export import check_format
+    from sau_compress.export import export_model as export_folder
 
-    if format not in FORMATS:
-        raise UserError(f"--format '{format}' is not a format; choose from {list(FORMATS)}")
-    extra = None
-    if metadata is not None:
-        try:
-            extra = json.loads(Path(metadata).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise UserError(f"--metadata {metadata}: not a readable JSON file ({err})") from err
-        if not isinstance(extra, dict):
-            raise UserError(f"--metadata {metadata}: expected a JSON object")
-    out = export_checkpoint(_source(src), output, format=format, metadata=extra, overwrite=overwrite)
-    result = json.loads((out / SIDECAR_NAME).read_text())
-    result["output"] = str(out)
-    return result
+    check_format(format)  # before a toy name is resolved, which may build the toy world
+    return export_folder(_source(src), output, format=format, metadata=metadata, overwrite=overwrite)
 
 
 def inspect_model(path: str) -> dict[str, Any]:

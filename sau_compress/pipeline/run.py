@@ -184,12 +184,11 @@ def run(
         ``format``, ``seconds``, ``timings``, ``unlearn`` (the SAU result), ``recipe``, ``modifiers``
     """
     from sau_compress.data import load_qa
-    from sau_compress.export import save_model, unlearning_record
+    from sau_compress.export import check_format, save_model, unlearning_record
 
     start = time.perf_counter()
     timings: dict[str, float] = {}
-    if export_format not in EXPORT_FORMATS:
-        raise UserError(f"unknown export format '{export_format}'; choose from {list(EXPORT_FORMATS)}")
+    check_format(export_format, EXPORT_FORMATS)
     if num_calibration_samples < 1:
         raise UserError(f"num_calibration_samples must be at least 1, got {num_calibration_samples}")
     if eval_limit is not None and eval_limit < 1:
