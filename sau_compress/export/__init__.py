@@ -16,16 +16,16 @@ from __future__ import annotations
 from sau_compress.errors import CorruptCheckpointError
 from sau_compress.export.bitmask import bits_equal, pack_24_bitmask, unpack_24_bitmask
 from sau_compress.export.config import CT_FORMAT_VERSION, FORMATS, check_format, read_config
+from sau_compress.export.convert import is_two_four
 from sau_compress.export.files import read_header, tensor_index
 from sau_compress.export.inspect import inspect_checkpoint
 from sau_compress.export.metadata import SIDECAR_NAME, forget_set_hash, unlearning_record, vllm_support
 from sau_compress.export.read import load_model, read_state_dict
 from sau_compress.export.write import export_checkpoint, export_model, save_model
-from sau_compress.masking import count_2of4_violations, is_2of4
+from sau_compress.masking import count_2of4_violations
 
-# the one 2:4 check is masking's; export's names for it stay for existing callers
+# the one 2:4 check is masking's; export's name for its count stays for existing callers
 count_group_violations = count_2of4_violations
-is_two_four = is_2of4
 
 __all__ = [
     "CT_FORMAT_VERSION",

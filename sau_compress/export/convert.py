@@ -21,9 +21,9 @@ from sau_compress.export.config import (
     has_quantization,
     quantization_format,
 )
-from sau_compress.masking import is_2of4, nonzero_mask
+from sau_compress.masking import all_2of4, nonzero_mask
 
-__all__ = ["Converted", "convert", "fused_mismatches", "layer_sparsity_record", "zero_fraction"]
+__all__ = ["Converted", "convert", "fused_mismatches", "is_two_four", "layer_sparsity_record", "zero_fraction"]
 
 # the layer groups vLLM fuses into one kernel, which must therefore share one scheme
 _FUSED = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
@@ -46,11 +46,17 @@ def zero_fraction(weight: torch.Tensor) -> float:
     return 1.0 - int(nonzero_mask(weight).sum()) / weight.numel()
 
 
+def is_two_four(weight: torch.Tensor) -> bool:
+    """Whether one weight is 2:4 sparse (:func:`sau_compress.masking.all_2of4`): a shape that cannot hold the
+    pattern (not 2-D, ``in % 4 != 0``) is ``False``, not an error."""
+    return all_2of4([weight])
+
+
 def layer_sparsity_record(weight: torch.Tensor) -> dict[str, Any]:
     """The sidecar's record of one Linear weight: shape, dtype, fraction of zeros, 2:4 validity and structure
     (``2:4``, ``unstructured`` or ``dense``)."""
     sparsity = zero_fraction(weight)
-    two_four = is_2of4(weight)
+    two_four = is_two_four(weight)
     if two_four and sparsity > 0:
         structure = "2:4"
     elif sparsity > 0:

@@ -15,11 +15,10 @@ from sau_compress.export.config import (
     read_config,
     sparsity_format,
 )
-from sau_compress.export.convert import fused_mismatches, zero_fraction
+from sau_compress.export.convert import fused_mismatches, is_two_four, zero_fraction
 from sau_compress.export.files import read_tensors, tensor_index
 from sau_compress.export.metadata import read_sidecar, vllm_support
 from sau_compress.export.state import COMPRESSED_SUFFIXES, compressed_prefixes, linear_names_from_config
-from sau_compress.masking import is_2of4
 
 __all__ = ["inspect_checkpoint"]
 
@@ -77,7 +76,7 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             "dtype": dtype,
             "stored": stored,
             "sparsity": zero_fraction(weight),
-            "is_2of4": is_2of4(weight),
+            "is_2of4": is_two_four(weight),
             "bytes": nbytes,
             "dense_bytes": full,
         })
