@@ -13,11 +13,14 @@ from safetensors.torch import load_file, save_file
 
 from conftest import make_tiny_llama
 from sau_compress.export import (
+    FORMATS,
     SIDECAR_NAME,
     CorruptCheckpointError,
     bits_equal,
+    check_format,
     count_group_violations,
     export_checkpoint,
+    export_model,
     forget_set_hash,
     inspect_checkpoint,
     is_two_four,
@@ -104,6 +107,16 @@ def test_fp8_packs_through_int8_view():
     assert torch.equal(back.view(torch.int8), w.view(torch.int8))
 
 
+def test_two_four_check_is_masking_s_and_reads_float8_zeros():
+    from sau_compress import masking
+
+    assert count_group_violations is masking.count_2of4_violations
+    w = torch.tensor([[-0.0, 0.0, 1.0, 2.0], [1.0, -0.0, 3.0, 0.0]]).to(torch.float8_e4m3fn)  # -0.0 is 0x80
+    assert masking.nonzero_mask(w).tolist() == [[False, False, True, True], [True, False, True, False]]
+    assert is_two_four(w) and not is_two_four(w.view(torch.int8))  # as int8, 0x80 is -128: three non-zeros
+    assert not is_two_four(torch.zeros(2, 6)) and not is_two_four(torch.zeros(8))  # shapes that cannot be 2:4
+
+
 def test_negative_zero_not_stored_comes_back_positive():
     w = torch.tensor([[1.0, -0.0, 2.0, -0.0]])
     back = unpack_24_bitmask(*pack_24_bitmask(w))
@@ -127,7 +140,8 @@ def test_pack_rejects_non_24_and_bad_shapes():
 def test_unpack_rejects_three_bits_in_a_group():
     compressed, bitmask, shape = pack_24_bitmask(torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0, 3.0, 0.0, 4.0]]))
     bitmask[0, 0] |= 2  # group 0 now has 3 bits
-    with pytest.raises(CorruptCheckpointError, match=r"f\.safetensors: m\.bitmask: 1 group.*row 0, columns 0\.\.3: 3 bits"):
+    with pytest.raises(CorruptCheckpointError,
+                       match=r"f\.safetensors: m\.bitmask: 1 group.*row 0, columns 0\.\.3: 3 bits"):
         unpack_24_bitmask(compressed, bitmask, shape, where="f.safetensors: m")
 
 
@@ -313,9 +327,51 @@ def test_load_model_reads_plain_hf_folder(tiny_model_dir, tiny_model):
 def test_sparse_format_needs_a_24_layer(tmp_path):
     with pytest.raises(ValueError, match="no Linear layer is 2:4 sparse"):
         save_model(make_tiny_llama(320), None, tmp_path / "m", format="sparse-24-bitmask")
-    with pytest.raises(ValueError, match=r"unknown export format 'sparse'; choose from \['sparse-24-bitmask', 'dense'\]"):
+    with pytest.raises(ValueError,
+                       match=r"unknown export format 'sparse'; choose from \['sparse-24-bitmask', 'dense'\]"):
         save_model(_model(), None, tmp_path / "m", format="sparse")
     assert list(tmp_path.iterdir()) == []  # nothing left behind, no temporary folder either
+
+
+def test_user_errors_are_project_error_types(tmp_path):
+    from sau_compress.errors import InputNotFoundError, UserError
+
+    with pytest.raises(UserError, match="unknown export format 'zip'"):
+        check_format("zip")
+    assert check_format("auto", ("auto", *FORMATS)) == "auto"
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        export_checkpoint(tmp_path / "missing", tmp_path / "out", format="dense")
+    with pytest.raises(FileNotFoundError, match="no config.json"):  # the builtin still catches it
+        inspect_checkpoint(tmp_path / "missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{")
+    with pytest.raises(CorruptCheckpointError, match=r"config\.json: not valid JSON"):
+        export_checkpoint(tmp_path / "bad", tmp_path / "out", format="dense")
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(InputNotFoundError, match="no safetensors weights"):
+        inspect_checkpoint(tmp_path / "bad")
+    with pytest.raises(UserError, match="no Linear layer is 2:4 sparse"):
+        save_model(make_tiny_llama(320), None, tmp_path / "m", format="sparse-24-bitmask")
+
+
+def test_export_model_returns_the_sidecar_and_output(tmp_path):
+    from sau_compress.errors import InputNotFoundError, UserError
+
+    src = save_model(_model(), None, tmp_path / "src", format="dense")
+    (tmp_path / "extra.json").write_text(json.dumps({"run": "r7"}))
+    result = export_model(src, tmp_path / "out", format="sparse-24-bitmask", metadata=tmp_path / "extra.json")
+    out = (tmp_path / "out").absolute()
+    assert result == {**json.loads((out / SIDECAR_NAME).read_text()), "output": str(out)}
+    assert result["metadata"] == {"run": "r7"} and len(result["sparsity"]["compressed_layers"]) == 13
+    assert export_model(out, tmp_path / "d", format="dense", metadata={"run": "r8"})["metadata"] == {"run": "r8"}
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(UserError, match="expected a JSON object"):
+        export_model(src, tmp_path / "x", format="dense", metadata=str(tmp_path / "list.json"))
+    with pytest.raises(InputNotFoundError, match="metadata file .* does not exist"):
+        export_model(src, tmp_path / "x", format="dense", metadata=tmp_path / "none.json")
+    with pytest.raises(UserError, match="unknown export format"):
+        export_model(src, tmp_path / "x", format="sparse")
+    assert not (tmp_path / "x").exists()
 
 
 # ----------------------------------------------------------------------------------------- atomicity, overwrite
@@ -396,7 +452,8 @@ def test_shape_mismatch_names_file_and_tensor(sparse_dir):
 
     _rewrite(sparse_dir, edit)
     with pytest.raises(CorruptCheckpointError,
-                       match=rf"model\.safetensors: {prefix}\.bitmask: shape \[128, 8\] does not match shape \[64, 128\]"):
+                       match=rf"model\.safetensors: {prefix}\.bitmask: "
+                             r"shape \[128, 8\] does not match shape \[64, 128\]"):
         read_state_dict(sparse_dir)
 
 
@@ -431,7 +488,8 @@ def test_inspect_sparse_and_dense(sparse_dir, tmp_path):
     assert by_name["model.layers.1.mlp.down_proj"]["stored"] == "dense"
     assert by_name["model.layers.1.mlp.down_proj"]["is_2of4"] is False
     assert info["totals"]["layers"] == 15 and info["totals"]["layers_compressed"] == 13
-    assert info["totals"]["weight_bytes"] == sum(h.nbytes for h in read_header(sparse_dir / "model.safetensors").values())
+    headers = read_header(sparse_dir / "model.safetensors")
+    assert info["totals"]["weight_bytes"] == sum(h.nbytes for h in headers.values())
     assert "vLLM <= 0.18.1" in info["vllm"][0] and "vLLM >= 0.19: cannot" in info["vllm"][1]
     # layer 1's down_proj is dense while its gate/up are 2:4: no fused group is split, no warning
     assert info["warnings"] == []
