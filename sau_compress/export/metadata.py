@@ -61,13 +61,15 @@ def read_metadata_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON object of a file of extras for the sidecar (``sau-compress export --metadata``).
 
     :raises InputNotFoundError: no such file
-    :raises UserError: not valid JSON, or not a JSON object
+    :raises UserError: a file that cannot be read, is not valid JSON, or holds no JSON object
     """
     file = Path(path)
-    if not file.is_file():
-        raise InputNotFoundError(f"metadata file '{file}' does not exist")
     try:
         extra = json.loads(file.read_text())
+    except FileNotFoundError as err:
+        raise InputNotFoundError(f"metadata file '{file}' does not exist") from err
+    except OSError as err:  # a folder, no permission ...
+        raise UserError(f"metadata file {file}: cannot be read ({err.strerror or err})") from err
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"metadata file {file}: not valid JSON ({err})") from err
     if not isinstance(extra, dict):
