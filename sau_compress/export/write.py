@@ -220,13 +220,9 @@ def export_checkpoint(
     return dst
 
 
-def export_model(
-    source: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    format: str = "sparse-24-bitmask",
-    metadata: Mapping[str, Any] | str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-) -> dict[str, Any]:
+def export_model(source: str | os.PathLike[str], output: str | os.PathLike[str], *, format: str = "sparse-24-bitmask",
+                 metadata: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Export a model folder (:func:`export_checkpoint`) and describe the result: what ``sau-compress export``
     prints.
 
