@@ -20,6 +20,7 @@ from loguru import logger
 
 from sau_compress.data import QARecord, QASetSpec
 from sau_compress.errors import OutputExistsError, UserError
+from sau_compress.export.config import FORMATS
 from sau_compress.masking import all_2of4, mean_sparsity
 from sau_compress.pipeline.models import TOY_MODELS, load_model_and_tokenizer, resolve_model
 from sau_compress.pipeline.oneshot import run_oneshot
@@ -34,7 +35,8 @@ from sau_compress.pipeline.recipes import (
 
 __all__ = ["EXPORT_FORMATS", "run"]
 
-EXPORT_FORMATS = ("auto", "sparse-24-bitmask", "dense")
+#: ``auto`` picks ``sparse-24-bitmask`` when every target layer is 2:4 (and nothing is quantized), else ``dense``
+EXPORT_FORMATS = ("auto", *FORMATS)
 
 
 def check_output(model_path: Path, output: Path, overwrite: bool) -> None:
