@@ -25,17 +25,21 @@ __all__ = [
     "PROMPT_TEMPLATE",
     "QARecord",
     "QASetSpec",
+    "TOFU_DIR_ENV",
     "collate",
     "format_prompt",
     "load_qa",
     "pair_forget_retain",
     "prompt_ids",
     "sequential_batches",
+    "tofu_data_dir",
     "tokenize_qa",
     "tokenize_records",
 ]
 
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+#: Environment variable naming the local folder of TOFU's files (``forget10_perturbed.jsonl``, ...).
+TOFU_DIR_ENV = "SAU_COMPRESS_TOFU_DIR"
 
 QARecord = dict[str, Any]
 
@@ -223,6 +227,19 @@ def load_qa(
         rec.setdefault("index", i)
         out.append(rec)
     return out
+
+
+def tofu_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The local folder of TOFU's data files: ``explicit`` when given, else ``$SAU_COMPRESS_TOFU_DIR``.
+
+    The one place the TOFU data folder is looked up; whether it exists is checked by the caller, which
+    also decides what no folder means (the hub dataset, or an error).
+
+    :param explicit: a folder the user named (``--data-dir``, ``tofu_dir``)
+    :return: the folder (``~`` expanded), or ``None`` when neither is set (an empty variable counts as unset)
+    """
+    folder = explicit or os.environ.get(TOFU_DIR_ENV)
+    return Path(folder).expanduser() if folder else None
 
 
 def pair_forget_retain(

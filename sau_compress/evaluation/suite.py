@@ -26,7 +26,7 @@ import numpy as np
 from loguru import logger
 from torch import nn
 
-from sau_compress.data import load_qa
+from sau_compress.data import load_qa, tofu_data_dir
 from sau_compress.evaluation.context import EvalContext
 from sau_compress.evaluation.metrics import MetricResult, get_metric
 
@@ -46,7 +46,6 @@ __all__ = [
 SUITES = ("toy", "tofu")
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 TOFU_HUB = "locuslab/TOFU"
-TOFU_DIR_ENV = "SAU_COMPRESS_TOFU_DIR"
 
 
 @dataclass(frozen=True)
@@ -277,7 +276,7 @@ def load_suite_data(
             "real_authors": "real_authors_perturbed",
             "world_facts": "world_facts_perturbed",
         }
-        folder = data_dir or os.environ.get(TOFU_DIR_ENV)
+        folder = tofu_data_dir(data_dir)
     else:
         files = {"forget": "forget", "retain": "retain", "holdout": "holdout"}
         folder = data_dir
