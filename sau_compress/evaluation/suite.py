@@ -7,9 +7,10 @@ from, the retain model's metrics it compares against), the Python counterpart of
 - ``tofu``: the TOFU files as they are (``forget10_perturbed``, ``retain_perturbed``,
   ``real_authors_perturbed``, ``world_facts_perturbed``, ``holdout10``; forget split 01/05/10), read from a
   local folder (``data_dir``, else ``$SAU_COMPRESS_TOFU_DIR``) or the hub dataset ``locuslab/TOFU``.
-- ``toy``: a toy-world folder with ``forget.jsonl``, ``retain.jsonl``, ``holdout.jsonl`` in TOFU's schema
-  (by default the one :func:`sau_compress.toy.build_toy_world` builds). No real-authors/world-facts sets, so
-  model utility is the harmonic mean over the retain set's probability, ROUGE and truth ratio.
+- ``toy``: a toy-world folder with ``forget.jsonl``, ``retain.jsonl``, ``holdout.jsonl`` in TOFU's schema,
+  passed as ``data_dir`` (the caller builds the world, e.g. ``sau_compress.worlds.build_toy_world().data_dir``;
+  evaluation never builds one). No real-authors/world-facts sets, so model utility is the harmonic mean over
+  the retain set's probability, ROUGE and truth ratio.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from loguru import logger
 from torch import nn
 
 from sau_compress.data import load_qa, tofu_data_dir
+from sau_compress.errors import UserError
 from sau_compress.evaluation.context import EvalContext
 from sau_compress.evaluation.metrics import MetricResult, get_metric
 
@@ -252,13 +254,15 @@ def load_suite_data(
     ``real_authors``, ``world_facts``; ``text`` with a text set).
 
     :param suite: ``toy`` or ``tofu``
-    :param data_dir: folder holding the suite's files; toy default: the toy world's data folder; TOFU default:
-        ``$SAU_COMPRESS_TOFU_DIR``, else the hub dataset ``locuslab/TOFU``
+    :param data_dir: folder holding the suite's files; the toy suite needs one unless ``forget``, ``retain``
+        and ``holdout`` are all given (a toy world's ``data_dir``); TOFU default: ``$SAU_COMPRESS_TOFU_DIR``,
+        else the hub dataset ``locuslab/TOFU``
     :param forget: a file replacing the forget set (same for ``retain``, ``holdout``)
     :param forget_split: TOFU forget split (``forget01``, ``forget05``, ``forget10``); selects the holdout too
     :param limit: keep the first ``limit`` records of every set
     :param text_set: a text set for ``text_perplexity`` (see :func:`load_text_set`)
     :raises ValueError: unknown suite or forget split
+    :raises UserError: the toy suite without ``data_dir`` and without all three set files
     :raises FileNotFoundError: a file of the suite is missing from ``data_dir``
     """
     if suite not in SUITES:
@@ -280,10 +284,12 @@ def load_suite_data(
     else:
         files = {"forget": "forget", "retain": "retain", "holdout": "holdout"}
         folder = data_dir
-        if folder is None and not all(overrides.values()):
-            from sau_compress.toy import build_toy_world
-
-            folder = build_toy_world().data_dir
+        missing = [name for name, path in overrides.items() if path is None]
+        if folder is None and missing:
+            raise UserError(
+                f"toy suite: no data folder (data_dir) for the {', '.join(missing)} set(s): pass a folder with "
+                "forget.jsonl, retain.jsonl and holdout.jsonl (a toy world's data_dir) or a file for each set"
+            )
     sets: dict[str, list[dict[str, Any]]] = {}
     for name, stem in files.items():
         if overrides.get(name) is not None:

@@ -102,11 +102,11 @@ def evaluate_model(
             raise OutputExistsError(f"output folder '{output}' already exists; pass --overwrite to replace it")
     start = time.perf_counter()
     default_data = data_dir is None and forget is None and retain is None and holdout is None
-    if suite == "toy" and default_data:
+    if suite == "toy" and data_dir is None and None in (forget, retain, holdout):
         from sau_compress.toy import build_toy_world
 
         data_dir = build_toy_world().data_dir
-        retain_model = retain_model or "toy-retain"
+        retain_model = retain_model or ("toy-retain" if default_data else None)
     path = resolve_model(model)
     lm, tokenizer = load_model_and_tokenizer(path, device)
     reference = ref_model = ref_tokenizer = None
