@@ -38,7 +38,7 @@ def main() -> None:
 
     from sau_compress.data import load_qa
     from sau_compress.evaluation import EvalContext, evaluate, get_metric
-    from sau_compress.toy import build_toy_world
+    from sau_compress.worlds import build_toy_world
 
     logger.remove()
     logger.add(sys.stderr, level="WARNING")

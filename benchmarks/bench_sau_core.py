@@ -42,7 +42,7 @@ def load_setup(kind: str) -> tuple[Any, Any, list[dict], list[dict]]:
     if kind == "toy":
         from transformers import AutoTokenizer, LlamaForCausalLM
 
-        from sau_compress.toy import build_toy_world
+        from sau_compress.worlds import build_toy_world
 
         world = build_toy_world()
         tokenizer = AutoTokenizer.from_pretrained(world.model_dir)
@@ -52,8 +52,7 @@ def load_setup(kind: str) -> tuple[Any, Any, list[dict], list[dict]]:
     elif kind == "tiny":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        from sau_compress.tokenizer import train_bpe_tokenizer
-        from sau_compress.toy import make_people, make_records, split_people
+        from sau_compress.worlds import make_people, make_records, split_people, train_bpe_tokenizer
 
         people = make_people(40, seed=0)
         records = make_records(people, seed=0)

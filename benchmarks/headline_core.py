@@ -9,7 +9,6 @@ import gc
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 from loguru import logger
 
-from sau_compress.data import load_qa, tokenize_records
+from sau_compress.data import load_qa, tofu_data_dir, tokenize_records
 from sau_compress.io import atomic_output_dir, cache_dir
 
 __all__ = [
@@ -113,10 +112,14 @@ class World:
         }
 
 
-def default_tofu_dir() -> Path:
-    """``$SAU_COMPRESS_TOFU_DIR``, else the TOFU copy bundled with the repository (``data/tofu``)."""
-    env = os.environ.get("SAU_COMPRESS_TOFU_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "data" / "tofu"
+#: The TOFU copy bundled with the repository.
+BUNDLED_TOFU_DIR = Path(__file__).resolve().parents[1] / "data" / "tofu"
+
+
+def headline_tofu_data_dir(tofu_dir: str | None = None) -> Path:
+    """The benchmark's TOFU data folder: :func:`sau_compress.data.tofu_data_dir` (``tofu_dir``, else
+    ``$SAU_COMPRESS_TOFU_DIR``), else the copy bundled with the repository (``data/tofu``)."""
+    return tofu_data_dir(tofu_dir) or BUNDLED_TOFU_DIR
 
 
 def _evenly(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -129,11 +132,11 @@ def _evenly(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = None, size: str = "tiny") -> World:
     """Build or reuse a world, measure its forgetting target and the retain model's reference.
 
-    :param name: ``toy`` (:func:`sau_compress.toy.build_toy_world`) or ``tofu``
-        (:func:`sau_compress.tofu_world.build_tofu_world`)
+    :param name: ``toy`` (:func:`sau_compress.worlds.build_toy_world`) or ``tofu``
+        (:func:`sau_compress.worlds.build_tofu_world`)
     :param retain_eval: retain records used for model utility (evenly spaced: every person/author counts)
     :param device: where the reference evaluations run (and where a non-tiny world is trained)
-    :param tofu_dir: TOFU folder (default :func:`default_tofu_dir`)
+    :param tofu_dir: TOFU data folder (default :func:`headline_tofu_data_dir`)
     :param size: a key of :data:`MODEL_SIZES`
     :raises ValueError: unknown world or size
     """
@@ -147,14 +150,14 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
         raise ValueError(f"unknown model size '{size}'; choose from {list(MODEL_SIZES)}")
     train_device = "cpu" if size == "tiny" else device
     if name == "toy":
-        from sau_compress.toy import ToyTrainConfig, build_toy_world
+        from sau_compress.worlds import ToyTrainConfig, build_toy_world
 
         built = build_toy_world(config=replace(ToyTrainConfig(), **MODEL_SIZES[size]), device=train_device)
         max_new_tokens = 32
     elif name == "tofu":
-        from sau_compress.tofu_world import build_tofu_world, default_tofu_train_config
+        from sau_compress.worlds import build_tofu_world, default_tofu_train_config
 
-        built = build_tofu_world(tofu_dir or default_tofu_dir(),
+        built = build_tofu_world(headline_tofu_data_dir(tofu_dir),
                                  config=replace(default_tofu_train_config(), **MODEL_SIZES[size]),
                                  device=train_device)
         max_new_tokens = 64

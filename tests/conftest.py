@@ -43,7 +43,7 @@ def qa_files(tmp_path, qa_records) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tokenizer():
     """A byte-level BPE tokenizer trained on the QA records (vocab 320)."""
-    from sau_compress.tokenizer import train_bpe_tokenizer
+    from sau_compress.worlds import train_bpe_tokenizer
 
     texts = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in QA] * 4
     return train_bpe_tokenizer(texts, vocab_size=320)
@@ -88,6 +88,6 @@ def tiny_model_dir(tmp_path, tiny_model, tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def toy_world():
     """The default toy world (built once into the user cache, about 3 minutes on 2 cores; then reused)."""
-    from sau_compress.toy import build_toy_world
+    from sau_compress.worlds import build_toy_world
 
     return build_toy_world()

@@ -284,7 +284,7 @@ def test_toy_world_acceptance(tmp_path):
     """Forget quality of the memorizer vs its retain model < 0.05; of the retain model vs itself = 1."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sau_compress.toy import build_toy_world
+    from sau_compress.worlds import build_toy_world
 
     world = build_toy_world()
     tok = AutoTokenizer.from_pretrained(world.model_dir)

@@ -89,7 +89,7 @@ def test_quick_run_table_shape(tmp_path: Path) -> None:
 
 
 def test_tofu_subset_selection() -> None:
-    from sau_compress.tofu_world import select_tofu_subset
+    from sau_compress.worlds import select_tofu_subset
     from tests.conftest import TOFU_DIR
 
     splits = select_tofu_subset(TOFU_DIR, retain_authors=3)

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sau_compress.cli.app import app
-from sau_compress.toy import (
+from sau_compress.worlds import (
     FACTS,
     MIN_PEOPLE,
     N_PERTURBED,
@@ -95,7 +95,7 @@ def test_memorizer_remembers_and_holdout_is_lower(toy_world):
 
 @pytest.mark.slow
 def test_second_build_is_cached(toy_world):
-    from sau_compress.toy import build_toy_world
+    from sau_compress.worlds import build_toy_world
 
     again = build_toy_world()
     assert again.cached
@@ -126,7 +126,7 @@ def test_cli_unwritable_out_names_the_path(tmp_path):
 
 
 def test_small_world_build_writes_and_reloads(tmp_path):
-    from sau_compress.toy import build_toy_world
+    from sau_compress.worlds import build_toy_world
 
     cfg = ToyTrainConfig(hidden_size=64, intermediate_size=128, num_layers=1, num_heads=2, vocab_size=400,
                          epochs=1, batch_size=32, warmup_steps=1)

@@ -27,7 +27,7 @@ def _mean_nll(model, items, pad: int) -> float:
 def test_sau_grad_diff_forgets_far_more_than_it_loses_on_retain():
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from sau_compress.toy import build_toy_world
+    from sau_compress.worlds import build_toy_world
 
     world = build_toy_world()
     tokenizer = AutoTokenizer.from_pretrained(world.model_dir)

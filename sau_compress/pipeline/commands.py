@@ -31,7 +31,7 @@ DEMO_RECIPE = "sparsegpt-2of4-sau-graddiff"
 def build_world(people: int = 40, seed: int = 0, out: str | os.PathLike[str] | None = None,
                 force: bool = False) -> dict[str, Any]:
     """Build (or reuse) the toy world; return where it is and how well its models remember."""
-    from sau_compress.toy import MIN_PEOPLE, build_toy_world
+    from sau_compress.worlds import MIN_PEOPLE, build_toy_world
 
     if people < MIN_PEOPLE:
         raise UserError(f"--people must be at least {MIN_PEOPLE} (one person per split), got {people}")
@@ -46,7 +46,7 @@ def demo(output: str | os.PathLike[str] | None = None, device: str | None = None
     :return: ``toy_world`` (its description) and ``run`` (what :func:`run` returns)
     """
     from sau_compress.io import cache_dir
-    from sau_compress.toy import build_toy_world
+    from sau_compress.worlds import build_toy_world
 
     world = build_toy_world()
     target = Path(output) if output is not None else cache_dir() / "demo" / DEMO_RECIPE
@@ -103,7 +103,7 @@ def evaluate_model(
     start = time.perf_counter()
     default_data = data_dir is None and forget is None and retain is None and holdout is None
     if suite == "toy" and data_dir is None and None in (forget, retain, holdout):
-        from sau_compress.toy import build_toy_world
+        from sau_compress.worlds import build_toy_world
 
         data_dir = build_toy_world().data_dir
         retain_model = retain_model or ("toy-retain" if default_data else None)

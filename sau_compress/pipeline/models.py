@@ -24,7 +24,7 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
     """
     text = str(name_or_path)
     if text in TOY_MODELS:
-        from sau_compress.toy import resolve_model_path
+        from sau_compress.worlds import resolve_model_path
 
         return resolve_model_path(text)
     path = Path(text).expanduser()

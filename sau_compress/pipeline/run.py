@@ -82,7 +82,7 @@ def _prepare_recipe(
         raise UserError(f"recipe '{recipe}' has no {SAU_MODIFIER} stage")
     for args in sau_args:
         if model in TOY_MODELS:  # the toy world's own sets, unless named
-            from sau_compress.toy import toy_data_file
+            from sau_compress.worlds import toy_data_file
 
             for split in ("forget", "retain"):
                 if args.get(split) is None:

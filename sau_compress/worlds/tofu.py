@@ -1,7 +1,8 @@
 """A tiny Llama memorizer of a TOFU subset and its retain model, built locally and cached.
 
-The benchmark counterpart of :mod:`sau_compress.toy` on real data: TOFU's fictitious authors (MIT licensed,
-see the data folder's README). A subset of authors is chosen so that everything trains on a laptop CPU:
+The benchmark counterpart of :mod:`sau_compress.worlds.toy` on real data: TOFU's fictitious authors (MIT
+licensed, see the data folder's README). A subset of authors is chosen so that everything trains on a laptop
+CPU:
 
 - ``forget``: TOFU's ``forget01`` split (the last 2 of the 200 authors, 40 QA pairs, with TOFU's own
   paraphrased and perturbed answers);
@@ -10,39 +11,39 @@ see the data folder's README). A subset of authors is chosen so that everything 
 - ``holdout``: TOFU's ``holdout01`` (2 authors never in TOFU's training set): the forgetting target is the
   memorizer's ROUGE-L recall on these unseen authors.
 
-A byte-level BPE tokenizer is trained on the subset's text, then :func:`sau_compress.toy.train_memorizer`
+A byte-level BPE tokenizer is trained on the subset's text, then :func:`sau_compress.worlds.training.train_world`
 trains the *memorizer* on forget + retain and the *retain model* on retain only (the reference of forget
-quality). The folder layout is the toy world's (``model/``, ``retain_model/``, ``data/{forget,retain,holdout}.jsonl``,
-``world.json``), so every consumer of a :class:`sau_compress.toy.ToyWorld` reads it unchanged.
+quality). The folder layout is the toy world's (:mod:`sau_compress.worlds.cache`), so every consumer of a
+:class:`~sau_compress.worlds.cache.ToyWorld` reads it unchanged.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sau_compress.data import load_qa
-from sau_compress.io import cache_dir
-from sau_compress.toy import ToyTrainConfig, ToyWorld, device_tag, qa_corpus, reuse_world, train_world
+from sau_compress.data import TOFU_DIR_ENV, load_qa, tofu_data_dir
+from sau_compress.errors import InputNotFoundError, UserError
+from sau_compress.worlds.cache import ToyWorld, reuse_world, world_cache_dir, world_key
+from sau_compress.worlds.facts import qa_corpus
+from sau_compress.worlds.training import ToyTrainConfig, train_world
 
 __all__ = [
+    "ROWS_PER_AUTHOR",
     "TOFU_WORLD_VERSION",
     "build_tofu_world",
-    "default_tofu_dir",
     "default_tofu_train_config",
     "select_tofu_subset",
+    "tofu_world_cache_dir",
+    "tofu_world_key",
 ]
 
 #: Bump when the subset selection or the training recipe changes: it is part of the cache key.
 TOFU_WORLD_VERSION = 1
 #: QA pairs per TOFU author (the files hold authors in blocks of this many rows).
 ROWS_PER_AUTHOR = 20
-_TOFU_DIR_ENV = "SAU_COMPRESS_TOFU_DIR"
 
 
 def default_tofu_train_config() -> ToyTrainConfig:
@@ -52,16 +53,6 @@ def default_tofu_train_config() -> ToyTrainConfig:
                           max_length=128)
 
 
-def _tofu_dir(tofu_dir: str | os.PathLike[str] | None) -> Path:
-    folder = tofu_dir or os.environ.get(_TOFU_DIR_ENV)
-    if folder is None:
-        raise ValueError(f"no TOFU folder: pass tofu_dir or set ${_TOFU_DIR_ENV} to a folder with TOFU's jsonl files")
-    path = Path(folder).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"TOFU folder '{path}' not found")
-    return path
-
-
 def select_tofu_subset(tofu_dir: str | os.PathLike[str], retain_authors: int = 6) -> dict[str, list[dict[str, Any]]]:
     """The QA records of the subset: ``forget`` (forget01), ``retain`` (first authors of retain_perturbed),
     ``holdout`` (holdout01), each record with an ``index`` (its position) and an ``author`` number.
@@ -69,18 +60,18 @@ def select_tofu_subset(tofu_dir: str | os.PathLike[str], retain_authors: int = 6
     :param tofu_dir: folder with TOFU's ``forget01_perturbed``, ``retain_perturbed`` and ``holdout01`` files
     :param retain_authors: number of retain authors (1 to 20; retain_perturbed holds 20 complete authors)
     :return: split name -> records
-    :raises ValueError: ``retain_authors`` out of range
-    :raises FileNotFoundError: a TOFU file is missing
+    :raises UserError: ``retain_authors`` out of range
+    :raises InputNotFoundError: a TOFU file is missing
     """
     if not 1 <= retain_authors <= 20:
-        raise ValueError(f"retain_authors must be in [1, 20], got {retain_authors}")
+        raise UserError(f"retain_authors must be in [1, 20], got {retain_authors}")
     folder = Path(tofu_dir).expanduser()
     files = {"forget": "forget01_perturbed", "retain": "retain_perturbed", "holdout": "holdout01"}
     out: dict[str, list[dict[str, Any]]] = {}
     for split, stem in files.items():
         path = folder / f"{stem}.jsonl"
         if not path.is_file():
-            raise FileNotFoundError(f"TOFU file '{path}' not found (needed for the {split} split)")
+            raise InputNotFoundError(f"TOFU file '{path}' not found (needed for the {split} split)")
         rows = load_qa(str(path))
         if split == "retain":
             rows = rows[: retain_authors * ROWS_PER_AUTHOR]
@@ -91,20 +82,31 @@ def select_tofu_subset(tofu_dir: str | os.PathLike[str], retain_authors: int = 6
     return out
 
 
-def _key(retain_authors: int, seed: int, config: ToyTrainConfig, device: str = "cpu") -> str:
-    blob = json.dumps(
-        {"version": TOFU_WORLD_VERSION, "retain_authors": retain_authors, "seed": seed, "train": asdict(config),
-         **device_tag(device)},
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+def tofu_world_key(retain_authors: int, seed: int, config: ToyTrainConfig, device: str = "cpu") -> str:
+    """The cache key of the TOFU world with these parameters.
+
+    :param retain_authors: number of retain authors
+    :param seed: the world's seed
+    :param config: model and training hyperparameters
+    :param device: the training device
+    """
+    return world_key({"version": TOFU_WORLD_VERSION, "retain_authors": retain_authors, "seed": seed}, config,
+                     device)
 
 
-def default_tofu_dir(retain_authors: int = 6, seed: int = 0, config: ToyTrainConfig | None = None,
-                     device: str = "cpu") -> Path:
-    """Cache folder of the TOFU world with these parameters: ``<cache>/tofu/retain<N>-seed<S>-<key>``."""
-    key = _key(retain_authors, seed, config or default_tofu_train_config(), device)
-    return cache_dir() / "tofu" / f"retain{retain_authors}-seed{seed}-{key}"
+def tofu_world_cache_dir(retain_authors: int = 6, seed: int = 0, config: ToyTrainConfig | None = None,
+                         device: str = "cpu") -> Path:
+    """Cache folder of the TOFU world with these parameters: ``<cache>/tofu/retain<N>-seed<S>-<key>``.
+
+    Not to be confused with the folder of TOFU's data files (:func:`sau_compress.data.tofu_data_dir`).
+
+    :param retain_authors: number of retain authors
+    :param seed: the world's seed
+    :param config: model and training hyperparameters (default :func:`default_tofu_train_config`)
+    :param device: the training device
+    """
+    key = tofu_world_key(retain_authors, seed, config or default_tofu_train_config(), device)
+    return world_cache_dir("tofu", f"retain{retain_authors}-seed{seed}-{key}")
 
 
 def build_tofu_world(
@@ -118,26 +120,34 @@ def build_tofu_world(
 ) -> ToyWorld:
     """Build (or reuse) the TOFU-subset world: data splits, tokenizer, memorizer and retain model.
 
-    :param tofu_dir: TOFU folder (default ``$SAU_COMPRESS_TOFU_DIR``)
+    :param tofu_dir: folder of TOFU's data files (default ``$SAU_COMPRESS_TOFU_DIR``; not needed when the
+        world is cached)
     :param retain_authors: number of retain authors (20 QA pairs each)
     :param seed: seed of initialisation and data order
     :param out: folder to build into (default: the cache folder under a key of the parameters)
     :param force: rebuild even when a matching world exists
     :param config: architecture and training hyperparameters (default :func:`default_tofu_train_config`)
     :param device: where the models are trained; a world trained off the CPU is cached under another key
-    :return: a :class:`sau_compress.toy.ToyWorld` (``people`` holds the number of authors); ``rouge`` is
-        the memorizer's greedy-answer ROUGE-L recall per split
+    :return: a :class:`~sau_compress.worlds.cache.ToyWorld` (``people`` holds the number of authors);
+        ``rouge`` is the memorizer's greedy-answer ROUGE-L recall per split
+    :raises UserError: no TOFU data folder given or set
+    :raises InputNotFoundError: the TOFU data folder or one of its files does not exist
     """
     config = config or default_tofu_train_config()
     start = time.perf_counter()
-    key = _key(retain_authors, seed, config, device)
+    key = tofu_world_key(retain_authors, seed, config, device)
     root = (Path(out).expanduser().absolute() if out is not None
-            else default_tofu_dir(retain_authors, seed, config, device))
+            else tofu_world_cache_dir(retain_authors, seed, config, device))
     cached = reuse_world(root, key, force, start, "TOFU")
     if cached is not None:
         return cached
 
-    splits = select_tofu_subset(_tofu_dir(tofu_dir), retain_authors)
+    folder = tofu_data_dir(tofu_dir)
+    if folder is None:
+        raise UserError(f"no TOFU folder: pass tofu_dir or set ${TOFU_DIR_ENV} to a folder with TOFU's jsonl files")
+    if not folder.is_dir():
+        raise InputNotFoundError(f"TOFU folder '{folder}' not found")
+    splits = select_tofu_subset(folder, retain_authors)
     corpus = qa_corpus(r for rows in splits.values() for r in rows)
     meta = {
         "version": TOFU_WORLD_VERSION,

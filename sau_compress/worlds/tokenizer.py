@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from sau_compress.errors import UserError
+
 __all__ = ["SPECIAL_TOKENS", "train_bpe_tokenizer"]
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
@@ -18,9 +20,10 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrai
     :param texts: training corpus
     :param vocab_size: target vocabulary size, special tokens included (at least 300)
     :return: a fast tokenizer with pad/bos/eos/unk set, saveable with ``save_pretrained``
+    :raises UserError: ``vocab_size`` below 300
     """
     if vocab_size < 300:
-        raise ValueError(f"vocab_size must be at least 300 (256 bytes + merges), got {vocab_size}")
+        raise UserError(f"vocab_size must be at least 300 (256 bytes + merges), got {vocab_size}")
     tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -1,0 +1,75 @@
+"""Worlds: small memorizer models of known QA data, built locally and cached, to unlearn from and measure.
+
+- :mod:`~sau_compress.worlds.facts`: the toy world's fictitious people, QA records and split by person;
+- :mod:`~sau_compress.worlds.tokenizer`: the byte-level BPE tokenizer trained on a world's text;
+- :mod:`~sau_compress.worlds.training`: the tiny Llama, :func:`train_memorizer`, :func:`train_world`;
+- :mod:`~sau_compress.worlds.cache`: world keys, cache folders, the folder layout, reuse of a cached world;
+- :mod:`~sau_compress.worlds.toy`: :func:`build_toy_world`, the embedded default;
+- :mod:`~sau_compress.worlds.tofu`: :func:`build_tofu_world`, the same on a subset of TOFU;
+- :mod:`~sau_compress.worlds.names`: the model names ``toy`` and ``toy-retain`` (:func:`resolve_model_path`).
+
+Only the pipeline, the benchmarks and the tests import this package; evaluation never does (it is given a
+world's ``data_dir``).
+"""
+
+from __future__ import annotations
+
+from sau_compress.worlds.cache import (
+    ToyWorld,
+    device_tag,
+    load_cached_world,
+    reuse_world,
+    world_cache_dir,
+    world_key,
+    write_world,
+)
+from sau_compress.worlds.facts import FACTS, MIN_PEOPLE, N_PERTURBED, make_people, make_records, qa_corpus, split_people
+from sau_compress.worlds.names import TOY_ALIASES, TOY_SPLITS, resolve_model_path, toy_data_file
+from sau_compress.worlds.tofu import (
+    TOFU_WORLD_VERSION,
+    build_tofu_world,
+    default_tofu_train_config,
+    select_tofu_subset,
+    tofu_world_cache_dir,
+    tofu_world_key,
+)
+from sau_compress.worlds.tokenizer import SPECIAL_TOKENS, train_bpe_tokenizer
+from sau_compress.worlds.toy import TOY_VERSION, build_toy_world, toy_world_cache_dir, toy_world_key
+from sau_compress.worlds.training import ToyTrainConfig, rouge_by_split, train_memorizer, train_world
+
+__all__ = [
+    "FACTS",
+    "MIN_PEOPLE",
+    "N_PERTURBED",
+    "SPECIAL_TOKENS",
+    "TOFU_WORLD_VERSION",
+    "TOY_ALIASES",
+    "TOY_SPLITS",
+    "TOY_VERSION",
+    "ToyTrainConfig",
+    "ToyWorld",
+    "build_tofu_world",
+    "build_toy_world",
+    "default_tofu_train_config",
+    "device_tag",
+    "load_cached_world",
+    "make_people",
+    "make_records",
+    "qa_corpus",
+    "resolve_model_path",
+    "reuse_world",
+    "rouge_by_split",
+    "select_tofu_subset",
+    "split_people",
+    "tofu_world_cache_dir",
+    "tofu_world_key",
+    "toy_data_file",
+    "toy_world_cache_dir",
+    "toy_world_key",
+    "train_bpe_tokenizer",
+    "train_memorizer",
+    "train_world",
+    "world_cache_dir",
+    "world_key",
+    "write_world",
+]

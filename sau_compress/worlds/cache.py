@@ -1,0 +1,189 @@
+"""World folders and their cache: keys, locations, the folder layout, reuse of a world already built.
+
+A world (toy or TOFU) is one folder: ``model/`` (the memorizer), ``retain_model/`` (trained without the
+forget set), ``data/{forget,retain,holdout}.jsonl`` and ``world.json`` (its key, parameters and figures).
+By default it lives in the user cache folder under a key of everything that determines its content, so a
+second build with the same parameters reuses it instead of training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from sau_compress.errors import OutputExistsError
+from sau_compress.io import atomic_output_dir, cache_dir, check_writable_parent
+
+__all__ = [
+    "DATA_SUBDIR",
+    "MODEL_SUBDIR",
+    "RETAIN_MODEL_SUBDIR",
+    "WORLD_FILE",
+    "ToyWorld",
+    "device_tag",
+    "load_cached_world",
+    "reuse_world",
+    "world_cache_dir",
+    "world_key",
+    "write_world",
+]
+
+#: Subfolders and file of a world folder.
+MODEL_SUBDIR = "model"
+RETAIN_MODEL_SUBDIR = "retain_model"
+DATA_SUBDIR = "data"
+WORLD_FILE = "world.json"
+
+
+@dataclass
+class ToyWorld:
+    """Where a world (toy or TOFU) lives and how well its memorizer remembers."""
+
+    root: Path
+    model_dir: Path
+    retain_model_dir: Path
+    data_dir: Path
+    people: int
+    seed: int
+    rouge: dict[str, float] = field(default_factory=dict)
+    retain_model_rouge: dict[str, float] = field(default_factory=dict)
+    parameters: int = 0
+    seconds: float = 0.0
+    build_seconds: float = 0.0
+    cached: bool = False
+
+    @classmethod
+    def at(cls, root: Path, **fields: Any) -> ToyWorld:
+        """The world in folder ``root`` (its model, retain-model and data folders follow the layout).
+
+        :param root: the world folder
+        :param fields: the other fields (``people``, ``seed``, figures)
+        """
+        return cls(root=root, model_dir=root / MODEL_SUBDIR, retain_model_dir=root / RETAIN_MODEL_SUBDIR,
+                   data_dir=root / DATA_SUBDIR, **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able view (paths as strings)."""
+        out = asdict(self)
+        for key in ("root", "model_dir", "retain_model_dir", "data_dir"):
+            out[key] = str(out[key])
+        return out
+
+
+def device_tag(device: str) -> dict[str, str]:
+    """The training device's part of a world's cache key: empty on the CPU (so CPU keys are unchanged), else
+    the device type (a world trained on a GPU has other weights than the same world trained on the CPU).
+
+    :param device: ``cpu``, ``cuda``, ``cuda:1`` ...
+    """
+    kind = str(device).split(":")[0]
+    return {} if kind == "cpu" else {"device": kind}
+
+
+def world_key(fields: Mapping[str, Any], config: Any, device: str = "cpu") -> str:
+    """The cache key of a world: a short hash of what determines its content.
+
+    :param fields: the world's own parameters (its version, size, seed)
+    :param config: the training config (a dataclass, stored under ``train``)
+    :param device: the training device (see :func:`device_tag`)
+    :return: 12 hex digits
+    """
+    blob = json.dumps({**fields, "train": asdict(config), **device_tag(device)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def world_cache_dir(kind: str, name: str) -> Path:
+    """A world's folder in the user cache: ``<cache>/<kind>/<name>``.
+
+    :param kind: the world family (``toy``, ``tofu``)
+    :param name: the folder name (parameters and key)
+    """
+    return cache_dir() / kind / name
+
+
+def load_cached_world(root: Path, key: str) -> ToyWorld | None:
+    """Read the world saved in ``root`` if its ``world.json`` carries ``key``.
+
+    :param root: a world folder
+    :param key: the expected cache key
+    :return: the world (``cached`` set), or ``None`` when ``root`` holds no world or one of another key
+    """
+    meta_path = root / WORLD_FILE
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("key") != key:
+        return None
+    return ToyWorld.at(
+        root,
+        people=meta.get("people", meta.get("authors")),
+        seed=meta["seed"],
+        rouge=meta["rouge"],
+        retain_model_rouge=meta["retain_model_rouge"],
+        parameters=meta["parameters"],
+        build_seconds=meta["build_seconds"],
+        cached=True,
+    )
+
+
+def reuse_world(
+    root: Path, key: str, force: bool, start: float, kind: str, where: str = ""
+) -> ToyWorld | None:
+    """Return the world cached in ``root`` under ``key`` (unless ``force``); otherwise check that ``root``
+    may be built into: its parent is writable and it is empty or holds a world (which will be replaced).
+
+    :param root: the world folder
+    :param key: the world's cache key
+    :param force: ignore a cached world (it will be rebuilt)
+    :param start: ``time.perf_counter()`` when the build started (for ``seconds``)
+    :param kind: the world's name in messages (``toy``, ``TOFU``)
+    :param where: what ``root`` is to the user, prefixed to the path in errors (e.g. ``"--out "``)
+    :return: the cached world, or ``None`` when it is to be built
+    :raises OutputExistsError: ``root`` holds something other than a world
+    """
+    if not force:
+        cached = load_cached_world(root, key)
+        if cached is not None:
+            cached.seconds = time.perf_counter() - start
+            logger.info(f"{kind} world found in {root}")
+            return cached
+    check_writable_parent(root)
+    if root.exists() and not (root / WORLD_FILE).is_file() and any(root.iterdir()):
+        raise OutputExistsError(f"{where}'{root}' exists and does not hold a {kind} world; choose another folder")
+    return None
+
+
+def write_world(
+    root: Path,
+    tokenizer: Any,
+    memorizer: Any,
+    retain_model: Any,
+    splits: Mapping[str, list[dict[str, Any]]],
+    record: Mapping[str, Any],
+) -> None:
+    """Write a world folder atomically (an existing one is replaced once the new one is complete).
+
+    :param root: the world folder
+    :param tokenizer: saved beside each model
+    :param memorizer: the model trained on forget + retain (``model/``)
+    :param retain_model: the model trained on retain only (``retain_model/``)
+    :param splits: QA records per split (``data/<split>.jsonl``)
+    :param record: the content of ``world.json`` (with the cache ``key`` :func:`load_cached_world` checks)
+    """
+    with atomic_output_dir(root, overwrite=True) as tmp:
+        for sub, model in ((MODEL_SUBDIR, memorizer), (RETAIN_MODEL_SUBDIR, retain_model)):
+            model.save_pretrained(tmp / sub)
+            tokenizer.save_pretrained(tmp / sub)
+        (tmp / DATA_SUBDIR).mkdir()
+        for name, rows in splits.items():
+            with (tmp / DATA_SUBDIR / f"{name}.jsonl").open("w", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        (tmp / WORLD_FILE).write_text(json.dumps(record, indent=2))

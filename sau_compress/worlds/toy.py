@@ -1,0 +1,91 @@
+"""The embedded default: a toy world of fictitious people and a tiny Llama that has memorized it.
+
+Everything is built locally from a seed (no download): QA records in TOFU's schema split *by person* into
+forget (10%), retain (80%) and holdout (10%, never trained) (:mod:`sau_compress.worlds.facts`), then a
+tokenizer, the *memorizer* and the *retain model* are trained on them (:mod:`sau_compress.worlds.training`).
+The result is cached in the user's cache folder under a key of the world's parameters
+(:mod:`sau_compress.worlds.cache`), so the second call is instant.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sau_compress.errors import UserError
+from sau_compress.worlds.cache import ToyWorld, reuse_world, world_cache_dir, world_key
+from sau_compress.worlds.facts import MIN_PEOPLE, make_people, make_records, qa_corpus, split_people
+from sau_compress.worlds.training import ToyTrainConfig, train_world
+
+__all__ = ["TOY_VERSION", "build_toy_world", "toy_world_cache_dir", "toy_world_key"]
+
+#: Bump when the generator or the training recipe changes: it is part of the cache key.
+TOY_VERSION = 2
+
+
+def toy_world_key(people: int, seed: int, config: ToyTrainConfig, device: str = "cpu") -> str:
+    """The cache key of the toy world with these parameters.
+
+    :param people: number of people
+    :param seed: the world's seed
+    :param config: model and training hyperparameters
+    :param device: the training device
+    """
+    return world_key({"version": TOY_VERSION, "people": people, "seed": seed}, config, device)
+
+
+def toy_world_cache_dir(people: int = 40, seed: int = 0, config: ToyTrainConfig | None = None,
+                        device: str = "cpu") -> Path:
+    """Cache folder of the toy world with these parameters: ``<cache>/toy/people<N>-seed<S>-<key>``.
+
+    :param people: number of people
+    :param seed: the world's seed
+    :param config: model and training hyperparameters (default :class:`ToyTrainConfig`)
+    :param device: the training device
+    """
+    key = toy_world_key(people, seed, config or ToyTrainConfig(), device)
+    return world_cache_dir("toy", f"people{people}-seed{seed}-{key}")
+
+
+def build_toy_world(
+    people: int = 40,
+    seed: int = 0,
+    out: str | Path | None = None,
+    force: bool = False,
+    config: ToyTrainConfig | None = None,
+    device: str = "cpu",
+) -> ToyWorld:
+    """Build (or reuse) the toy world: data splits, tokenizer, memorizer and retain model.
+
+    The world is written atomically to ``out`` (default: the user cache folder under a key of the
+    parameters) and reused on later calls with the same parameters.
+
+    :param people: number of fictitious people (at least :data:`~sau_compress.worlds.facts.MIN_PEOPLE`)
+    :param seed: seed for people, splits, initialisation and data order
+    :param out: folder to build into; an existing folder that holds another world is refused
+    :param force: rebuild even when a matching world exists
+    :param config: model and training hyperparameters
+    :param device: where the models are trained; a world trained off the CPU is cached under another key
+    :return: paths and memorization figures (greedy-answer ROUGE-L recall per split)
+    :raises UserError: fewer than ``MIN_PEOPLE`` people
+    :raises OutputExistsError: ``out`` holds something other than a world
+    """
+    config = config or ToyTrainConfig()
+    start = time.perf_counter()
+    if people < MIN_PEOPLE:
+        raise UserError(f"--people must be at least {MIN_PEOPLE} (one person per split), got {people}")
+    key = toy_world_key(people, seed, config, device)
+    root = Path(out).expanduser().absolute() if out is not None else toy_world_cache_dir(people, seed, config, device)
+    cached = reuse_world(root, key, force, start, "toy", "--out ")
+    if cached is not None:
+        return cached
+
+    world_people = make_people(people, seed)
+    records = make_records(world_people, seed)
+    split = split_people(world_people, seed)
+    splits = {name: [r for r in records if r["person"] in set(names)] for name, names in split.items()}
+    for rows in splits.values():
+        for i, row in enumerate(rows):
+            row["index"] = i
+    meta = {"version": TOY_VERSION, "splits": split}
+    return train_world(root, key, splits, qa_corpus(records), config, seed, people, meta, start, device=device)

@@ -1,0 +1,222 @@
+"""Training a world's models: the tiny Llama, the memorizer recipe, and the memorization figures.
+
+:func:`train_world` trains a world's byte-level BPE tokenizer, its *memorizer* (forget + retain, until it
+has memorized them) and its *retain model* (retain only: the reference of forget quality), scores both with
+greedy-answer ROUGE-L recall per split, and writes the world folder (:func:`sau_compress.worlds.cache.write_world`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from loguru import logger
+from tqdm.auto import tqdm
+
+from sau_compress.data import collate, tokenize_records
+from sau_compress.errors import UserError
+from sau_compress.evaluation import generate_answers, rouge_l_recall
+from sau_compress.worlds.cache import ToyWorld, write_world
+from sau_compress.worlds.tokenizer import train_bpe_tokenizer
+
+__all__ = ["ToyTrainConfig", "rouge_by_split", "train_memorizer", "train_world"]
+
+
+@dataclass
+class ToyTrainConfig:
+    """How the tiny Llama is built and trained (part of the cache key)."""
+
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 6
+    vocab_size: int = 1024
+    epochs: int = 40
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 30
+    max_length: int = 64
+
+
+def _llama(config: ToyTrainConfig, vocab_size: int, tokenizer: Any, seed: int):  # noqa: ANN202
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def train_memorizer(
+    records: list[dict[str, Any]],
+    tokenizer: Any,
+    config: ToyTrainConfig | None = None,
+    seed: int = 0,
+    desc: str = "memorizer",
+    device: str = "cpu",
+):  # noqa: ANN201 - returns a LlamaForCausalLM
+    """Train a tiny Llama from scratch on ``records`` (answer tokens only) until it has memorized them.
+
+    :param records: QA records with ``question`` and ``answer``
+    :param tokenizer: the world's tokenizer
+    :param config: architecture and training hyperparameters
+    :param seed: seed for initialisation and data order
+    :param desc: progress-bar label
+    :param device: where to train (``cpu``, ``cuda``); the model is returned on the CPU
+    :return: the trained model in eval mode, with ``losses`` (per epoch mean) attached as ``model.train_losses``
+    :raises UserError: no records
+    """
+    if not records:
+        raise UserError("cannot train a memorizer on an empty record set")
+    config = config or ToyTrainConfig()
+    items = tokenize_records(tokenizer, records, max_length=config.max_length)
+    model = _llama(config, len(tokenizer), tokenizer, seed).to(device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                            betas=(0.9, 0.98))
+    steps_per_epoch = math.ceil(len(items) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    gen = torch.Generator().manual_seed(seed)
+    epoch_losses: list[float] = []
+    bar = tqdm(total=total, desc=f"training {desc}", unit="step", leave=False)
+    for _ in range(config.epochs):
+        order = torch.randperm(len(items), generator=gen).tolist()
+        running = 0.0
+        for start in range(0, len(order), config.batch_size):
+            batch = collate([items[i] for i in order[start : start + config.batch_size]], tokenizer.pad_token_id)
+            batch.pop("index", None)
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            running += float(loss.detach())
+            bar.update(1)
+        epoch_losses.append(running / steps_per_epoch)
+        bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
+    bar.close()
+    model.cpu().eval()
+    model.train_losses = epoch_losses
+    logger.info(f"trained {desc}: {total} steps, final epoch loss {epoch_losses[-1]:.4f}")
+    return model
+
+
+def rouge_by_split(
+    model: Any, tokenizer: Any, splits: dict[str, list[dict[str, Any]]], max_new_tokens: int = 48
+) -> dict[str, float]:
+    """Mean greedy-answer ROUGE-L recall of ``model`` on each split.
+
+    :param model: a causal LM (evaluated on its current device)
+    :param tokenizer: its tokenizer
+    :param splits: split name -> QA records (``question``, ``answer``)
+    :param max_new_tokens: longest generated answer
+    :return: split name -> mean recall
+    """
+    out = {}
+    for name, records in splits.items():
+        answers = generate_answers(model, tokenizer, [r["question"] for r in records], max_new_tokens=max_new_tokens,
+                                   batch_size=64)
+        scores = [rouge_l_recall(a, r["answer"]) for a, r in zip(answers, records, strict=True)]
+        out[name] = sum(scores) / len(scores)
+    return out
+
+
+def train_world(
+    root: Path,
+    key: str,
+    splits: dict[str, list[dict[str, Any]]],
+    corpus: list[str],
+    config: ToyTrainConfig,
+    seed: int,
+    people: int,
+    meta: dict[str, Any],
+    start: float,
+    desc: str = "",
+    max_new_tokens: int = 48,
+    device: str = "cpu",
+) -> ToyWorld:
+    """Train a world's tokenizer, memorizer (forget+retain) and retain model, score them, save atomically.
+
+    :param root: folder to write (replaced atomically)
+    :param key: cache key stored in ``world.json`` (:func:`~sau_compress.worlds.cache.load_cached_world` checks it)
+    :param splits: ``forget``, ``retain``, ``holdout`` QA records (written as ``data/<split>.jsonl``)
+    :param corpus: texts the tokenizer is trained on
+    :param config: architecture and training hyperparameters
+    :param seed: seed of initialisation and data order
+    :param people: number of people (or authors) in the world
+    :param meta: extra fields for ``world.json``
+    :param start: ``time.perf_counter()`` when the build started (for ``build_seconds``)
+    :param desc: label prefix for progress bars and logs
+    :param max_new_tokens: longest generated answer when scoring ROUGE-L
+    :param device: where the models are trained (``world.json`` records it)
+    :return: the world, with its figures
+    """
+    label = f"{desc} " if desc else ""
+    torch.manual_seed(seed)
+    tokenizer = train_bpe_tokenizer(corpus, vocab_size=config.vocab_size)
+    sizes = {k: len(v) for k, v in splits.items()}
+    logger.info(f"{label}world: {people} people, {sizes} QA records, tokenizer of {len(tokenizer)} tokens")
+    memorizer = train_memorizer(splits["forget"] + splits["retain"], tokenizer, config, seed, f"{label}memorizer",
+                                device)
+    retain_model = train_memorizer(splits["retain"], tokenizer, config, seed, f"{label}retain model", device)
+    rouge = rouge_by_split(memorizer.to(device), tokenizer, splits, max_new_tokens)
+    retain_rouge = rouge_by_split(retain_model.to(device), tokenizer, splits, max_new_tokens)
+    memorizer.cpu()
+    retain_model.cpu()
+    parameters = sum(p.numel() for p in memorizer.parameters())
+    build_seconds = time.perf_counter() - start
+    record = {
+        "key": key,
+        "people": people,
+        "seed": seed,
+        "train": asdict(config),
+        "sizes": sizes,
+        "train_device": str(device),
+        **meta,
+        "rouge": rouge,
+        "retain_model_rouge": retain_rouge,
+        "parameters": parameters,
+        "build_seconds": build_seconds,
+        "memorizer_losses": memorizer.train_losses,
+        "retain_model_losses": retain_model.train_losses,
+    }
+    write_world(root, tokenizer, memorizer, retain_model, splits, record)
+    logger.info(
+        f"{label}world built in {build_seconds:.1f}s at {root}: ROUGE-L recall forget {rouge['forget']:.3f}, "
+        f"retain {rouge['retain']:.3f}, holdout {rouge['holdout']:.3f}"
+    )
+    return ToyWorld.at(
+        root,
+        people=people,
+        seed=seed,
+        rouge=rouge,
+        retain_model_rouge=retain_rouge,
+        parameters=parameters,
+        seconds=time.perf_counter() - start,
+        build_seconds=build_seconds,
+    )
