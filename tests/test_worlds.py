@@ -1,0 +1,77 @@
+"""The worlds package: cache keys unchanged, the TOFU data-folder lookup, errors, and the evaluation boundary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from sau_compress.data import TOFU_DIR_ENV, tofu_data_dir
+from sau_compress.errors import InputNotFoundError, OutputExistsError, UserError
+from sau_compress.evaluation import evaluate, load_suite_data
+from sau_compress.worlds import (
+    build_tofu_world,
+    resolve_model_path,
+    reuse_world,
+    tofu_world_cache_dir,
+    toy_data_file,
+    toy_world_cache_dir,
+)
+
+
+@pytest.fixture()
+def own_cache(tmp_path, monkeypatch):
+    """A private, empty user cache folder (no cached world is found in it)."""
+    monkeypatch.setenv("SAU_COMPRESS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_cache_folders_keep_their_keys(own_cache):
+    # worlds built before the package existed are found under these names (keys pinned from the old modules)
+    assert toy_world_cache_dir() == own_cache / "toy" / "people40-seed0-0158da46fb9b"
+    assert toy_world_cache_dir(12, 3, device="cuda:1").name == "people12-seed3-82fe709953f6"
+    assert tofu_world_cache_dir() == own_cache / "tofu" / "retain6-seed0-0f850091fd4f"
+    assert tofu_world_cache_dir(3, 2, device="cuda").name == "retain3-seed2-eb918039633c"
+
+
+def test_tofu_data_dir_explicit_then_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv(TOFU_DIR_ENV, raising=False)
+    assert tofu_data_dir() is None
+    monkeypatch.setenv(TOFU_DIR_ENV, str(tmp_path / "env"))
+    assert tofu_data_dir() == tmp_path / "env"
+    assert tofu_data_dir(tmp_path / "given") == tmp_path / "given"
+    monkeypatch.setenv(TOFU_DIR_ENV, "")
+    assert tofu_data_dir() is None
+
+
+def test_tofu_world_without_data_folder_names_the_variable(own_cache, monkeypatch):
+    monkeypatch.delenv(TOFU_DIR_ENV, raising=False)
+    with pytest.raises(UserError, match=TOFU_DIR_ENV):
+        build_tofu_world()
+    with pytest.raises(InputNotFoundError, match="no-such-folder"):
+        build_tofu_world(own_cache / "no-such-folder")
+
+
+def test_user_errors_of_names_and_cache(tmp_path):
+    with pytest.raises(InputNotFoundError, match="toy-retain"):
+        resolve_model_path(tmp_path / "missing")
+    with pytest.raises(UserError, match="holdout"):
+        toy_data_file("test")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("user data")
+    with pytest.raises(OutputExistsError, match="other"):
+        reuse_world(tmp_path / "other", "key", False, 0.0, "toy")
+
+
+def test_toy_suite_without_data_folder_names_it(tiny_model, tokenizer, qa_files):
+    with pytest.raises(UserError, match=r"data_dir.*forget, retain, holdout"):
+        load_suite_data("toy")
+    with pytest.raises(UserError, match=r"data_dir.*holdout"):
+        evaluate(tiny_model, tokenizer, "toy", forget=qa_files["forget"], retain=qa_files["retain"])
+
+
+def test_evaluation_does_not_import_worlds():
+    code = "import sys, sau_compress.evaluation; print(sorted(m for m in sys.modules if 'worlds' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
