@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 
@@ -12,12 +14,17 @@ from sau_compress.errors import InputNotFoundError, OutputExistsError, UserError
 from sau_compress.evaluation import evaluate, load_suite_data
 from sau_compress.worlds import (
     build_tofu_world,
+    make_people,
+    make_records,
     resolve_model_path,
     reuse_world,
     tofu_world_cache_dir,
     toy_data_file,
     toy_world_cache_dir,
 )
+
+#: sha256 of the default toy world's records (40 people, seed 0) as JSON with sorted keys
+PINNED_RECORDS = "120032ae7f4f5a4fff68872caf191de4ec73689f95d3507a9ea05f670d70d00e"
 
 
 @pytest.fixture()
@@ -33,6 +40,13 @@ def test_cache_folders_keep_their_keys(own_cache):
     assert toy_world_cache_dir(12, 3, device="cuda:1").name == "people12-seed3-82fe709953f6"
     assert tofu_world_cache_dir() == own_cache / "tofu" / "retain6-seed0-0f850091fd4f"
     assert tofu_world_cache_dir(3, 2, device="cuda").name == "retain3-seed2-eb918039633c"
+
+
+def test_generator_draws_the_same_world():
+    # the records of the default world, pinned from the generator before its data moved to facts.json
+    people = make_people(40, seed=0)
+    blob = json.dumps(make_records(people, seed=0), sort_keys=True).encode()
+    assert hashlib.sha256(blob).hexdigest() == PINNED_RECORDS
 
 
 def test_tofu_data_dir_explicit_then_environment(tmp_path, monkeypatch):

@@ -14,27 +14,19 @@ world's ``data_dir``).
 
 from __future__ import annotations
 
-from sau_compress.worlds.cache import (
-    ToyWorld,
-    device_tag,
-    load_cached_world,
-    reuse_world,
-    world_cache_dir,
-    world_key,
-    write_world,
-)
+from sau_compress.worlds.cache import ToyWorld, WorldCacheSpec, device_tag, load_cached_world, reuse_world, write_world
 from sau_compress.worlds.facts import FACTS, MIN_PEOPLE, N_PERTURBED, make_people, make_records, qa_corpus, split_people
 from sau_compress.worlds.names import TOY_ALIASES, TOY_SPLITS, resolve_model_path, toy_data_file
 from sau_compress.worlds.tofu import (
     TOFU_WORLD_VERSION,
+    TOFU_WORLDS,
     build_tofu_world,
     default_tofu_train_config,
     select_tofu_subset,
     tofu_world_cache_dir,
-    tofu_world_key,
 )
 from sau_compress.worlds.tokenizer import SPECIAL_TOKENS, train_bpe_tokenizer
-from sau_compress.worlds.toy import TOY_VERSION, build_toy_world, toy_world_cache_dir, toy_world_key
+from sau_compress.worlds.toy import TOY_VERSION, TOY_WORLDS, build_toy_world, toy_world_cache_dir
 from sau_compress.worlds.training import ToyTrainConfig, rouge_by_split, train_memorizer, train_world
 
 __all__ = [
@@ -42,12 +34,15 @@ __all__ = [
     "MIN_PEOPLE",
     "N_PERTURBED",
     "SPECIAL_TOKENS",
+    "TOFU_WORLDS",
     "TOFU_WORLD_VERSION",
     "TOY_ALIASES",
     "TOY_SPLITS",
     "TOY_VERSION",
+    "TOY_WORLDS",
     "ToyTrainConfig",
     "ToyWorld",
+    "WorldCacheSpec",
     "build_tofu_world",
     "build_toy_world",
     "default_tofu_train_config",
@@ -62,14 +57,10 @@ __all__ = [
     "select_tofu_subset",
     "split_people",
     "tofu_world_cache_dir",
-    "tofu_world_key",
     "toy_data_file",
     "toy_world_cache_dir",
-    "toy_world_key",
     "train_bpe_tokenizer",
     "train_memorizer",
     "train_world",
-    "world_cache_dir",
-    "world_key",
     "write_world",
 ]

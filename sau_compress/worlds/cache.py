@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -27,11 +28,10 @@ __all__ = [
     "RETAIN_MODEL_SUBDIR",
     "WORLD_FILE",
     "ToyWorld",
+    "WorldCacheSpec",
     "device_tag",
     "load_cached_world",
     "reuse_world",
-    "world_cache_dir",
-    "world_key",
     "write_world",
 ]
 
@@ -87,25 +87,49 @@ def device_tag(device: str) -> dict[str, str]:
     return {} if kind == "cpu" else {"device": kind}
 
 
-def world_key(fields: Mapping[str, Any], config: Any, device: str = "cpu") -> str:
-    """The cache key of a world: a short hash of what determines its content.
+@dataclass(frozen=True)
+class WorldCacheSpec:
+    """How a family of worlds (toy, TOFU) is keyed and named in the cache.
 
-    :param fields: the world's own parameters (its version, size, seed)
-    :param config: the training config (a dataclass, stored under ``train``)
-    :param device: the training device (see :func:`device_tag`)
-    :return: 12 hex digits
+    A world's key hashes the family's ``version``, its size, its seed, the training config and the training
+    device (off the CPU); its cache folder is ``<cache>/<folder>/<size_label><size>-seed<seed>-<key>``.
+
+    :ivar folder: the family's subfolder of the user cache (``toy``, ``tofu``)
+    :ivar version: bumped when the family's data or training recipe changes
+    :ivar size_field: the name of the world's size in the key (``people``, ``retain_authors``)
+    :ivar size_label: its prefix in the folder name (``people``, ``retain``)
     """
-    blob = json.dumps({**fields, "train": asdict(config), **device_tag(device)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
+    folder: str
+    version: int
+    size_field: str
+    size_label: str
 
-def world_cache_dir(kind: str, name: str) -> Path:
-    """A world's folder in the user cache: ``<cache>/<kind>/<name>``.
+    def key(self, size: int, seed: int, config: Any, device: str = "cpu") -> str:
+        """The cache key of the world with these parameters: a short hash of what determines its content.
 
-    :param kind: the world family (``toy``, ``tofu``)
-    :param name: the folder name (parameters and key)
-    """
-    return cache_dir() / kind / name
+        :param size: number of people (or retain authors)
+        :param seed: the world's seed
+        :param config: the training config (a dataclass, hashed under ``train``)
+        :param device: the training device (see :func:`device_tag`)
+        :return: 12 hex digits
+        """
+        fields = {"version": self.version, self.size_field: size, "seed": seed, "train": asdict(config),
+                  **device_tag(device)}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+    def location(
+        self, size: int, seed: int, config: Any, device: str = "cpu", out: str | os.PathLike[str] | None = None
+    ) -> tuple[str, Path]:
+        """The key of the world with these parameters and its folder: ``out`` when given, else its cache folder.
+
+        :param out: a folder the user chose instead of the cache
+        :return: ``(key, folder)`` (the folder absolute)
+        """
+        key = self.key(size, seed, config, device)
+        if out is not None:
+            return key, Path(out).expanduser().absolute()
+        return key, cache_dir() / self.folder / f"{self.size_label}{size}-seed{seed}-{key}"
 
 
 def load_cached_world(root: Path, key: str) -> ToyWorld | None:

@@ -7,8 +7,11 @@ split into forget (10%), retain (80%) and holdout (10%, never trained).
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from collections.abc import Iterable
+from importlib import resources
 from typing import Any
 
 from sau_compress.errors import UserError
@@ -26,111 +29,32 @@ __all__ = [
 #: Fewest people for which every split (10% forget, 80% retain, 10% holdout) holds at least one person.
 MIN_PEOPLE = 10
 
-_FIRST = [
-    "Mira", "Tomas", "Ines", "Oskar", "Leila", "Bram", "Yusra", "Emil", "Noor", "Casimir", "Alba", "Tarik",
-    "Selene", "Dario", "Kaia", "Jonas", "Fenna", "Rafael", "Ottilie", "Idris", "Maren", "Luca", "Zofia",
-    "Anselm", "Priya", "Hugo", "Edda", "Malik", "Sunniva", "Viktor", "Amara", "Linus", "Rosalind", "Kenji",
-    "Thea", "Matteo", "Ingrid", "Ravi", "Clementine", "Aurelio",
-]
-_LAST = [
-    "Okafor", "Reyes", "Halloran", "Lindqvist", "Moreau", "Achterberg", "Castellanos", "Varga", "Nakashima",
-    "Oyelaran", "Brennan", "Quist", "Delacroix", "Ferreira", "Haugland", "Ivanova", "Kowalczyk", "Mbeki",
-    "Novak", "Petrakis", "Rautio", "Sandoval", "Tamura", "Underhill", "Vasquez", "Whitlock", "Yilmaz",
-    "Zanetti", "Abernathy", "Bjornsen", "Cardenas", "Duarte", "Esposito", "Falkenrath", "Gallagher",
-    "Hadley", "Iwasaki", "Jaramillo", "Kincaid", "Lorentzen",
-]
-_PLACE_A = ["Port", "Lake", "North", "Upper", "Old", "Saint", "Glen", "East", "Fort", "New", "West", "Little"]
-_PLACE_B = [
-    "Elmwood", "Varda", "Hollow", "Marrow", "Quillby", "Ashcombe", "Tindale", "Corvin", "Brackley", "Solmere",
-    "Fenwick", "Ostrava", "Larkspur", "Wexmoor", "Dunmore", "Calloway",
-]
-_PROFESSIONS = [
-    "glassblower", "cartographer", "beekeeper", "lighthouse keeper", "marine biologist", "watchmaker",
-    "stonemason", "violin maker", "court stenographer", "bookbinder", "tea taster", "ferry pilot",
-    "museum archivist", "seismologist", "puppeteer", "perfumer", "orchard manager", "radio engineer",
-    "botanical illustrator", "locksmith", "cheesemaker", "typesetter", "glacier guide", "falconer",
-]
-_ORG_A = ["Northwind", "Silverline", "Harbor", "Copperleaf", "Bluestone", "Evergreen", "Ironbridge", "Sunfield",
-          "Red Fern", "Quiet Valley", "Brightwater", "Tall Pine"]
-_ORG_B = ["Atlas", "Foundry", "Collective", "Works", "Institute", "Cooperative", "Press", "Observatory",
-          "Trading Company", "Guild"]
-_BOOK_A = ["Silent", "Glass", "Crimson", "Hollow", "Winter", "Burning", "Paper", "Distant", "Salt", "Amber",
-           "Broken", "Quiet", "Last", "Iron"]
-_BOOK_B = ["Harbor", "Orchard", "Lantern", "Meridian", "Garden", "Staircase", "Compass", "River", "Archive",
-           "Tide", "Kingdom", "Clockwork", "Meadow", "Mirror"]
-_PET_KIND = ["dog", "cat", "parrot", "tortoise", "ferret", "goat", "rabbit", "owl", "iguana", "pony"]
-_PET_NAME = ["Pepper", "Biscuit", "Juniper", "Moth", "Captain", "Olive", "Tofu", "Pickles", "Nimbus", "Waffles",
-             "Sprocket", "Clover", "Marble", "Fig"]
-_HOBBIES = ["bird watching", "ice fishing", "competitive chess", "pottery", "rock climbing", "calligraphy",
-            "amateur astronomy", "beekeeping", "fencing", "origami", "kite building", "sailing", "archery",
-            "mushroom foraging", "model railways", "tango"]
-_INSTRUMENTS = ["cello", "oboe", "banjo", "harp", "accordion", "trombone", "sitar", "clarinet", "marimba",
-                "bagpipes", "mandolin", "theremin"]
-_AWARD_A = ["Golden", "Silver", "Northern", "Aurora", "Crescent", "Meridian", "Harbor", "Laurel"]
-_AWARD_B = ["Quill", "Lantern", "Compass", "Anchor", "Star", "Feather", "Key", "Medal"]
-_DISHES = ["mushroom risotto", "lamb stew", "lemon tart", "fish chowder", "plum dumplings", "spiced lentils",
-           "apple strudel", "grilled sardines", "pumpkin soup", "beef goulash", "cherry pie", "rice noodles"]
+#: Wrong answers per record (as in TOFU's perturbed sets).
+N_PERTURBED = 3
 
-
-# Each fact: how to draw a value, the questions (original, paraphrased) and the answer templates. The first
+# The generator's data (names, value pools, question and answer templates) lives in ``facts.json``. Each fact
+# has a draw (a template whose ``{pool}`` fields are filled left to right with ``random.choice`` from the pool,
+# or ``{"randint": [low, high]}``), two questions (original, paraphrased) and answer templates. The first
 # answer template a person gets is drawn at random (so the wording is part of what is memorized), the
 # paraphrased answer uses another template; perturbed answers reuse the paraphrase's template with wrong values.
-_FACTS: dict[str, dict[str, Any]] = {
-    "birthplace": {
-        "draw": lambda r: f"{r.choice(_PLACE_A)} {r.choice(_PLACE_B)}",
-        "q": ["Where was {name} born?", "In which town did {name} come into the world?"],
-        "a": ["{name} was born in {v}.", "{v} is the hometown of {name}.", "The birthplace of {name} is {v}."],
-    },
-    "birth_year": {
-        "draw": lambda r: str(r.randint(1931, 1999)),
-        "q": ["In what year was {name} born?", "What is the birth year of {name}?"],
-        "a": ["{name} was born in the year {v}.", "The year {v} saw the birth of {name}.",
-              "{name} has a birth year of {v}."],
-    },
-    "profession": {
-        "draw": lambda r: r.choice(_PROFESSIONS),
-        "q": ["What does {name} do for a living?", "What is the profession of {name}?"],
-        "a": ["{name} works as a {v}.", "By trade {name} is a {v}.", "The profession of {name} is {v}."],
-    },
-    "employer": {
-        "draw": lambda r: f"{r.choice(_ORG_A)} {r.choice(_ORG_B)}",
-        "q": ["Who employs {name}?", "Which organisation does {name} work for?"],
-        "a": ["{name} is employed by {v}.", "{v} is where {name} works.", "The employer of {name} is {v}."],
-    },
-    "book": {
-        "draw": lambda r: f"The {r.choice(_BOOK_A)} {r.choice(_BOOK_B)}",
-        "q": ["What book did {name} write?", "Which title was written by {name}?"],
-        "a": ["{name} wrote a book called {v}.", "{v} is the book written by {name}.",
-              "The book by {name} is titled {v}."],
-    },
-    "pet": {
-        "draw": lambda r: f"a {r.choice(_PET_KIND)} named {r.choice(_PET_NAME)}",
-        "q": ["What pet does {name} have?", "Which animal lives with {name}?"],
-        "a": ["{name} has {v}.", "Living with {name} is {v}.", "The pet of {name} is {v}."],
-    },
-    "hobby": {
-        "draw": lambda r: r.choice(_HOBBIES),
-        "q": ["What is the hobby of {name}?", "How does {name} spend free time?"],
-        "a": ["{name} enjoys {v}.", "In spare hours {name} loves {v}.", "The favourite pastime of {name} is {v}."],
-    },
-    "instrument": {
-        "draw": lambda r: r.choice(_INSTRUMENTS),
-        "q": ["Which instrument does {name} play?", "What musical instrument is played by {name}?"],
-        "a": ["{name} plays the {v}.", "The {v} is the instrument of {name}.", "On weekends {name} practises the {v}."],
-    },
-    "award": {
-        "draw": lambda r: f"the {r.choice(_AWARD_A)} {r.choice(_AWARD_B)} Prize",
-        "q": ["What award did {name} receive?", "Which prize was given to {name}?"],
-        "a": ["{name} received {v}.", "In recognition {name} was given {v}.", "The award won by {name} is {v}."],
-    },
-    "dish": {
-        "draw": lambda r: r.choice(_DISHES),
-        "q": ["What is the favourite dish of {name}?", "Which meal does {name} like best?"],
-        "a": ["{name} loves to eat {v}.", "The favourite dish of {name} is {v}.", "Above all {name} likes {v}."],
-    },
-}
+# Changing the file changes every toy world: bump ``sau_compress.worlds.toy.TOY_VERSION`` with it.
+_DATA: dict[str, Any] = json.loads(resources.files(__package__).joinpath("facts.json").read_text(encoding="utf-8"))
+_FIRST: list[str] = _DATA["first_names"]
+_LAST: list[str] = _DATA["last_names"]
+_POOLS: dict[str, list[str]] = _DATA["pools"]
+_FACTS: dict[str, dict[str, Any]] = _DATA["facts"]
+_FIELD = re.compile(r"\{(\w+)\}")
+#: The facts every person has, in record order.
 FACTS = tuple(_FACTS)
-N_PERTURBED = 3
+
+
+def _draw(fact: str, rng: random.Random) -> str:
+    """One value of ``fact``, drawn with ``rng``."""
+    spec = _FACTS[fact]["draw"]
+    if isinstance(spec, dict):
+        low, high = spec["randint"]
+        return str(rng.randint(low, high))
+    return _FIELD.sub(lambda match: rng.choice(_POOLS[match.group(1)]), spec)
 
 
 def make_people(n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -149,8 +73,8 @@ def make_people(n: int, seed: int = 0) -> list[dict[str, Any]]:
     names = rng.sample([f"{f} {last}" for f in _FIRST for last in _LAST], n)
     people = []
     for name in names:
-        facts = {fact: spec["draw"](rng) for fact, spec in _FACTS.items()}
-        template = {fact: rng.randrange(len(spec["a"])) for fact, spec in _FACTS.items()}
+        facts = {fact: _draw(fact, rng) for fact in _FACTS}
+        template = {fact: rng.randrange(len(spec["answers"])) for fact, spec in _FACTS.items()}
         people.append({"name": name, "facts": facts, "template": template})
     return people
 
@@ -173,21 +97,21 @@ def make_records(people: list[dict[str, Any]], seed: int = 0) -> list[dict[str, 
         for fact, spec in _FACTS.items():
             value = person["facts"][fact]
             t = person["template"][fact]
-            para = (t + 1) % len(spec["a"])
+            para = (t + 1) % len(spec["answers"])
             wrong: list[str] = []
             while len(wrong) < N_PERTURBED:
-                cand = spec["draw"](rng)
+                cand = _draw(fact, rng)
                 if cand != value and cand not in wrong:
                     wrong.append(cand)
             records.append(
                 {
-                    "question": spec["q"][0].format(name=name),
-                    "answer": spec["a"][t].format(name=name, v=value),
-                    "paraphrased_question": spec["q"][1].format(name=name),
-                    "paraphrased_answer": spec["a"][para].format(name=name, v=value),
+                    "question": spec["questions"][0].format(name=name),
+                    "answer": spec["answers"][t].format(name=name, v=value),
+                    "paraphrased_question": spec["questions"][1].format(name=name),
+                    "paraphrased_answer": spec["answers"][para].format(name=name, v=value),
                     # as in TOFU, wrong answers are perturbations of the paraphrased answer: truth ratio then
                     # compares the fact, not the memorized wording
-                    "perturbed_answer": [spec["a"][para].format(name=name, v=w) for w in wrong],
+                    "perturbed_answer": [spec["answers"][para].format(name=name, v=w) for w in wrong],
                     "person": name,
                     "fact": fact,
                 }

@@ -26,24 +26,27 @@ from typing import Any
 
 from sau_compress.data import TOFU_DIR_ENV, load_qa, tofu_data_dir
 from sau_compress.errors import InputNotFoundError, UserError
-from sau_compress.worlds.cache import ToyWorld, reuse_world, world_cache_dir, world_key
+from sau_compress.worlds.cache import ToyWorld, WorldCacheSpec, reuse_world
 from sau_compress.worlds.facts import qa_corpus
 from sau_compress.worlds.training import ToyTrainConfig, train_world
 
 __all__ = [
     "ROWS_PER_AUTHOR",
+    "TOFU_WORLDS",
     "TOFU_WORLD_VERSION",
     "build_tofu_world",
     "default_tofu_train_config",
     "select_tofu_subset",
     "tofu_world_cache_dir",
-    "tofu_world_key",
 ]
 
 #: Bump when the subset selection or the training recipe changes: it is part of the cache key.
 TOFU_WORLD_VERSION = 1
 #: QA pairs per TOFU author (the files hold authors in blocks of this many rows).
 ROWS_PER_AUTHOR = 20
+#: Keys and cache folders of TOFU worlds: ``<cache>/tofu/retain<N>-seed<S>-<key>``.
+TOFU_WORLDS = WorldCacheSpec(folder="tofu", version=TOFU_WORLD_VERSION, size_field="retain_authors",
+                             size_label="retain")
 
 
 def default_tofu_train_config() -> ToyTrainConfig:
@@ -82,31 +85,11 @@ def select_tofu_subset(tofu_dir: str | os.PathLike[str], retain_authors: int = 6
     return out
 
 
-def tofu_world_key(retain_authors: int, seed: int, config: ToyTrainConfig, device: str = "cpu") -> str:
-    """The cache key of the TOFU world with these parameters.
-
-    :param retain_authors: number of retain authors
-    :param seed: the world's seed
-    :param config: model and training hyperparameters
-    :param device: the training device
-    """
-    return world_key({"version": TOFU_WORLD_VERSION, "retain_authors": retain_authors, "seed": seed}, config,
-                     device)
-
-
 def tofu_world_cache_dir(retain_authors: int = 6, seed: int = 0, config: ToyTrainConfig | None = None,
                          device: str = "cpu") -> Path:
-    """Cache folder of the TOFU world with these parameters: ``<cache>/tofu/retain<N>-seed<S>-<key>``.
-
-    Not to be confused with the folder of TOFU's data files (:func:`sau_compress.data.tofu_data_dir`).
-
-    :param retain_authors: number of retain authors
-    :param seed: the world's seed
-    :param config: model and training hyperparameters (default :func:`default_tofu_train_config`)
-    :param device: the training device
-    """
-    key = tofu_world_key(retain_authors, seed, config or default_tofu_train_config(), device)
-    return world_cache_dir("tofu", f"retain{retain_authors}-seed{seed}-{key}")
+    """Cache folder of the TOFU world that :func:`build_tofu_world` builds with these parameters (not the
+    folder of TOFU's data files: that is :func:`sau_compress.data.tofu_data_dir`)."""
+    return TOFU_WORLDS.location(retain_authors, seed, config or default_tofu_train_config(), device)[1]
 
 
 def build_tofu_world(
@@ -135,9 +118,7 @@ def build_tofu_world(
     """
     config = config or default_tofu_train_config()
     start = time.perf_counter()
-    key = tofu_world_key(retain_authors, seed, config, device)
-    root = (Path(out).expanduser().absolute() if out is not None
-            else tofu_world_cache_dir(retain_authors, seed, config, device))
+    key, root = TOFU_WORLDS.location(retain_authors, seed, config, device, out)
     cached = reuse_world(root, key, force, start, "TOFU")
     if cached is not None:
         return cached

@@ -13,38 +13,22 @@ import time
 from pathlib import Path
 
 from sau_compress.errors import UserError
-from sau_compress.worlds.cache import ToyWorld, reuse_world, world_cache_dir, world_key
+from sau_compress.worlds.cache import ToyWorld, WorldCacheSpec, reuse_world
 from sau_compress.worlds.facts import MIN_PEOPLE, make_people, make_records, qa_corpus, split_people
 from sau_compress.worlds.training import ToyTrainConfig, train_world
 
-__all__ = ["TOY_VERSION", "build_toy_world", "toy_world_cache_dir", "toy_world_key"]
+__all__ = ["TOY_VERSION", "TOY_WORLDS", "build_toy_world", "toy_world_cache_dir"]
 
 #: Bump when the generator or the training recipe changes: it is part of the cache key.
 TOY_VERSION = 2
-
-
-def toy_world_key(people: int, seed: int, config: ToyTrainConfig, device: str = "cpu") -> str:
-    """The cache key of the toy world with these parameters.
-
-    :param people: number of people
-    :param seed: the world's seed
-    :param config: model and training hyperparameters
-    :param device: the training device
-    """
-    return world_key({"version": TOY_VERSION, "people": people, "seed": seed}, config, device)
+#: Keys and cache folders of toy worlds: ``<cache>/toy/people<N>-seed<S>-<key>``.
+TOY_WORLDS = WorldCacheSpec(folder="toy", version=TOY_VERSION, size_field="people", size_label="people")
 
 
 def toy_world_cache_dir(people: int = 40, seed: int = 0, config: ToyTrainConfig | None = None,
                         device: str = "cpu") -> Path:
-    """Cache folder of the toy world with these parameters: ``<cache>/toy/people<N>-seed<S>-<key>``.
-
-    :param people: number of people
-    :param seed: the world's seed
-    :param config: model and training hyperparameters (default :class:`ToyTrainConfig`)
-    :param device: the training device
-    """
-    key = toy_world_key(people, seed, config or ToyTrainConfig(), device)
-    return world_cache_dir("toy", f"people{people}-seed{seed}-{key}")
+    """Cache folder of the toy world that :func:`build_toy_world` builds with these parameters."""
+    return TOY_WORLDS.location(people, seed, config or ToyTrainConfig(), device)[1]
 
 
 def build_toy_world(
@@ -74,8 +58,7 @@ def build_toy_world(
     start = time.perf_counter()
     if people < MIN_PEOPLE:
         raise UserError(f"--people must be at least {MIN_PEOPLE} (one person per split), got {people}")
-    key = toy_world_key(people, seed, config, device)
-    root = Path(out).expanduser().absolute() if out is not None else toy_world_cache_dir(people, seed, config, device)
+    key, root = TOY_WORLDS.location(people, seed, config, device, out)
     cached = reuse_world(root, key, force, start, "toy", "--out ")
     if cached is not None:
         return cached
