@@ -89,3 +89,15 @@ def test_evaluation_does_not_import_worlds():
     code = "import sys, sau_compress.evaluation; print(sorted(m for m in sys.modules if 'worlds' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_eval_cli_takes_the_toy_world_by_default(toy_world):
+    from typer.testing import CliRunner
+
+    from sau_compress.cli.app import app
+
+    args = ["eval", "toy", "--limit", "2", "--max-new-tokens", "4", "--batch-size", "4", "--device", "cpu", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert '"forget_quality"' in result.output and '"model_utility"' in result.output
