@@ -28,7 +28,7 @@ from loguru import logger
 from torch import nn
 
 from sau_compress.data import load_qa, tofu_data_dir
-from sau_compress.errors import UserError
+from sau_compress.errors import InputNotFoundError, UserError
 from sau_compress.evaluation.context import EvalContext
 from sau_compress.evaluation.metrics import MetricResult, get_metric
 
@@ -109,7 +109,7 @@ def suite_specs(suite: str = "toy", text_set: bool = False) -> list[MetricSpec]:
     :raises ValueError: unknown suite
     """
     if suite not in SUITES:
-        raise ValueError(f"unknown suite '{suite}'; choose from {list(SUITES)}")
+        raise UserError(f"unknown suite '{suite}'; choose from {list(SUITES)}")
     specs = _qa_block("forget", "forget", forget=True)
     specs += [
         MetricSpec("forget_quality", "ks_test", pre_compute={"forget": "forget_truth_ratio"},
@@ -148,7 +148,7 @@ def required_metrics(specs: Sequence[MetricSpec], names: Sequence[str]) -> list[
     by_name = {s.name: s for s in specs}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown} for this suite; choose from {list(by_name)}")
+        raise UserError(f"unknown metric(s) {unknown} for this suite; choose from {list(by_name)}")
     keep: set[str] = set()
     stack = list(names)
     while stack:
@@ -222,21 +222,24 @@ def load_text_set(path: str | os.PathLike[str], limit: int | None = None) -> lis
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"text set '{path}' not found")
+        raise InputNotFoundError(f"text set '{path}' not found")
     if p.suffix == ".txt":
         texts = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
         rows = [{"text": t} for t in texts]
     elif p.suffix in (".json", ".jsonl"):
         text = p.read_text(encoding="utf-8")
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()] if p.suffix == ".jsonl" else json.loads(text)
+        if p.suffix == ".jsonl":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            rows = json.loads(text)
         for i, row in enumerate(rows):
             if not isinstance(row, dict) or "text" not in row:
-                raise KeyError(f"{path}: record {i} has no field 'text'")
+                raise UserError(f"{path}: record {i} has no field 'text'")
     else:
-        raise ValueError(f"{path}: unsupported text-set type '{p.suffix}'; use .txt, .json or .jsonl")
+        raise UserError(f"{path}: unsupported text-set type '{p.suffix}'; use .txt, .json or .jsonl")
     rows = rows[:limit] if limit is not None else rows
     if not rows:
-        raise ValueError(f"text set '{path}' is empty")
+        raise UserError(f"text set '{path}' is empty")
     return [dict(row, index=row.get("index", i)) for i, row in enumerate(rows)]
 
 
@@ -266,13 +269,13 @@ def load_suite_data(
     :raises FileNotFoundError: a file of the suite is missing from ``data_dir``
     """
     if suite not in SUITES:
-        raise ValueError(f"unknown suite '{suite}'; choose from {list(SUITES)}")
+        raise UserError(f"unknown suite '{suite}'; choose from {list(SUITES)}")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
+        raise UserError(f"limit must be at least 1, got {limit}")
     overrides = {"forget": forget, "retain": retain, "holdout": holdout}
     if suite == "tofu":
         if forget_split not in FORGET_SPLITS:
-            raise ValueError(f"unknown forget split '{forget_split}'; choose from {list(FORGET_SPLITS)}")
+            raise UserError(f"unknown forget split '{forget_split}'; choose from {list(FORGET_SPLITS)}")
         files = {
             "forget": f"{forget_split}_perturbed",
             "retain": "retain_perturbed",
@@ -297,7 +300,7 @@ def load_suite_data(
         elif folder is not None:
             found = _find_file(Path(folder).expanduser(), stem)
             if found is None:
-                raise FileNotFoundError(f"{suite} suite: no {stem}.jsonl/.json/.parquet in '{folder}'")
+                raise InputNotFoundError(f"{suite} suite: no {stem}.jsonl/.json/.parquet in '{folder}'")
             source = found
         else:
             source = f"{TOFU_HUB}:{stem}"
@@ -411,7 +414,7 @@ def summarize(
     """
     for name, recs in (("forget", forget), ("retain", retain)):
         if not recs:
-            raise ValueError(f"summarize needs a non-empty {name} set")
+            raise UserError(f"summarize needs a non-empty {name} set")
     ctx = EvalContext(model, tokenizer, {"forget": list(forget), "retain": list(retain)}, batch_size,
                       max_new_tokens, chat_template)
     out: dict[str, float] = {}
