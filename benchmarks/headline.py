@@ -10,9 +10,10 @@ What runs, for each world (``tofu``: a tiny Llama memorizer of a TOFU subset, ``
 which cells the default command runs per world is :data:`FULL_PROFILE` (the whole product is too slow for a
 2-core CPU):
 
-- the memorizer is pruned once per (pruner, structure) with llmcompressor's ``oneshot``:
+- the memorizer is pruned once per (pruner, structure) with llmcompressor's ``oneshot`` (``run_oneshot``):
   {magnitude, Wanda, SparseGPT} x {50% unstructured, 2:4}, calibrated on retain records; folders cached;
-- every (pruned model, base method, mode, seed) cell unlearns from a fresh load of the pruned folder,
+- every (pruned model, base method, mode, seed) cell unlearns from a fresh load of the pruned folder through
+  ``SparsityAwareUnlearningModifier`` in ``oneshot`` (the recipe stage ``sau-compress run`` applies),
   base methods {grad_diff, npo, simnpo, grad_ascent}, modes {dense, masked, topk, sau}, one learning rate
   per method shared by all modes (the "grid" is that one point per method; see ``--lr``);
 - **matched forgetting**: every ``--check-every`` steps the forget questions are answered greedily; the run

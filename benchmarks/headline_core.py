@@ -250,21 +250,13 @@ def evaluate_model(model: torch.nn.Module, world: World) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ pruning
 
 
-def _calibration(world: World, n: int = 64) -> Any:
-    from datasets import Dataset
-
-    items = tokenize_records(world.tokenizer, _evenly(world.retain, n), max_length=256)
-    return Dataset.from_dict({"input_ids": [it["input_ids"] for it in items],
-                              "attention_mask": [[1] * len(it["input_ids"]) for it in items]})
-
-
 def _pruner(method: str, structure: str) -> Any:
     if structure not in STRUCTURES:
         raise ValueError(f"unknown structure '{structure}'; choose from {list(STRUCTURES)}")
     mask = STRUCTURES[structure]
     ignore = ["re:.*lm_head"]
     if method == "magnitude":
-        from sau_compress.modifier import OneShotMagnitudePruningModifier
+        from sau_compress.magnitude import OneShotMagnitudePruningModifier
 
         return OneShotMagnitudePruningModifier(
             sparsity=0.5, mask_structure="unstructured" if mask == "0:0" else mask, ignore=ignore
@@ -280,19 +272,21 @@ def _pruner(method: str, structure: str) -> Any:
     raise ValueError(f"unknown pruning method '{method}'; choose from {list(PRUNERS)}")
 
 
+#: calibration rows of the pruners: this many evenly spaced retain records (every person/author counts)
+CALIBRATION_SAMPLES = 64
+
+
 def prune(model: torch.nn.Module, world: World, method: str, structure: str) -> torch.nn.Module:
-    """Prune ``model`` in place with llmcompressor's ``oneshot`` (calibration: 64 retain records).
+    """Prune ``model`` in place with :func:`sau_compress.pipeline.run_oneshot`, the pipeline's own path
+    (calibration: :data:`CALIBRATION_SAMPLES` evenly spaced retain records, 256 tokens each).
 
     ``model`` must carry a ``name_or_path`` that oneshot can re-read (a model loaded from a folder).
     """
-    from compressed_tensors.offload import remove_dispatch
-    from llmcompressor import oneshot
+    from sau_compress.pipeline import run_oneshot
 
-    dataset = _calibration(world)
-    oneshot(model=model, processor=world.tokenizer, recipe=[_pruner(method, structure)], dataset=dataset,
-            num_calibration_samples=len(dataset), max_seq_length=256, shuffle_calibration_samples=False,
-            pipeline="independent")
-    remove_dispatch(model)
+    run_oneshot(model, world.tokenizer, [_pruner(method, structure)],
+                calibration=_evenly(world.retain, CALIBRATION_SAMPLES),
+                num_calibration_samples=CALIBRATION_SAMPLES, max_seq_length=256)
     return model
 
 
@@ -359,13 +353,20 @@ def run_unlearning(
 ) -> tuple[dict[str, Any], torch.nn.Module | None]:
     """Unlearn from a fresh load of ``model_dir`` until forget ROUGE-L recall <= the world's target.
 
+    The run goes through the recipe path ``sau-compress run`` uses: a
+    :class:`~sau_compress.modifier.SparsityAwareUnlearningModifier` stage applied with
+    :func:`sau_compress.pipeline.run_oneshot`, assigned an :class:`~sau_compress.unlearn.UnlearnJob` that holds
+    the world's tokenized sets and the forgetting check (its callback). The unpruned runs set ``allow_dense``.
+
     The forgetting check (greedy answers to the forget questions) runs every ``check_every`` steps; its
     time is measured and subtracted from the training wall time.
 
     :return: the run's record, and the model when ``keep_model``
     """
     from sau_compress.export import load_model
-    from sau_compress.unlearn import UnlearnConfig, unlearn
+    from sau_compress.modifier import SparsityAwareUnlearningModifier
+    from sau_compress.pipeline import run_oneshot
+    from sau_compress.unlearn import UnlearnJob
 
     model = load_model(model_dir)
     start_rouge = forget_rouge(model.to(device), world)
@@ -382,17 +383,20 @@ def run_unlearning(
         checks.append((step, value))
         return value <= world.target
 
-    config = UnlearnConfig(
-        method=spec.method, mode=spec.mode, topk_ratio=spec.topk_ratio, alpha=spec.alpha,
-        learning_rate=spec.learning_rate, max_steps=max_steps, batch_size=batch_size,
-        retain_weight=_retain_weight(spec.method), seed=spec.seed, device=device, progress=False,
-    )
     reached_at_start = start_rouge <= world.target
-    if reached_at_start:
-        result = None
-    else:
-        result = unlearn(model, world.forget_items, world.retain_items, config,
-                         pad_token_id=world.tokenizer.pad_token_id, callback=callback)
+    result = None
+    if not reached_at_start:
+        # the recipe path users run: the SAU stage inside oneshot, fed the world's tokenized sets
+        modifier = SparsityAwareUnlearningModifier(
+            method=spec.method, mode=spec.mode, topk_ratio=spec.topk_ratio, alpha=spec.alpha,
+            learning_rate=spec.learning_rate, max_steps=max_steps, batch_size=batch_size,
+            retain_weight=_retain_weight(spec.method), seed=spec.seed, device=device, progress=False,
+            allow_dense=spec.setting == "unpruned",
+        )
+        job = UnlearnJob(world.forget_items, world.retain_items, world.tokenizer.pad_token_id, callback)
+        modifier.assign(job)
+        run_oneshot(model, world.tokenizer, [modifier])
+        result = job.results[0]
     model.to(device)
     t = time.perf_counter()
     metrics = evaluate_model(model, world)
