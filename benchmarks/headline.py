@@ -110,16 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore runs already recorded in the output")
     p.add_argument("--json", action="store_true", help="print the comparison rows as JSON at the end")
     p.add_argument("--jobs", type=int, default=None,
-                   help="(world, seed) parts run in this many parallel processes, 1 torch thread each "
+                   help="(world, seed, base method) parts run in this many worker processes, 1 torch thread each "
                         "(default: 2 on CPU, 1 on CUDA)")
-    p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--part-method", default=None, help=argparse.SUPPRESS)
     p.add_argument("--full-matrix", action="store_true",
                    help="every pruner x structure x method x mode in every world (GPU-sized)")
     p.add_argument("--first-seed", type=int, default=0,
                    help="start at this seed (to share seeds between processes appending to the same output)")
     p.add_argument("--sweep-seeds", type=int, default=1, help="seeds of the topk_ratio x alpha sweep")
+    # set only on a worker's copy of the arguments (_part_args): run one base method, write no world meta
+    p.set_defaults(worker=False, part_method=None)
     return p
 
 
@@ -185,16 +184,21 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
+def _setup_process(threads: int) -> None:
+    """torch's CPU threads, and one log sink on stderr: INFO and up, the libraries' own INFO lines left out."""
+    torch.set_num_threads(threads)
     from loguru import logger
 
     logger.remove()
     noisy = ("sau_compress", "llmcompressor", "compressed_tensors")
     logger.add(sys.stderr, level="INFO",
                filter=lambda r: r["level"].no >= 30 or not (r["name"] or "").startswith(noisy))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    _setup_process(args.threads)
 
     quick = args.quick
     worlds = _csv(args.worlds) or (["toy"] if quick else ["tofu", "toy"])
@@ -225,13 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     tasks = [(w, s, m) for w in worlds for s in seeds for m in _plan(args, w)[0]]
     if not args.report_only:
-        if jobs > 1 and len(tasks) > 1 and not args.worker:
-            _run_parallel(args, argv, worlds, tasks, jobs, lrs, device, out, work, quick)
+        if jobs > 1 and len(tasks) > 1:
+            _run_parallel(args, worlds, tasks, jobs, lrs, device, out, work, quick)
         else:
             for world in worlds:
                 _run_world(args, world, seeds, lrs, device, out, work, quick)
-    if args.no_report:
-        return 0
     command = "python benchmarks/headline.py " + " ".join(shlex.quote(a) for a in argv)
     threads, wall = args.threads, time.perf_counter() - started
     batch_size, check_every = args.batch_size, args.check_every
@@ -273,62 +275,59 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_PER_PART = ("--worlds", "--jobs", "--first-seed", "--seeds", "--threads", "--out", "--fresh")
+def _part_args(args: argparse.Namespace, world: str, seed: int, method: str, threads: int,
+               out: Path) -> argparse.Namespace:
+    """A copy of ``args`` for one (world, seed, base method) part run by a worker process."""
+    part = argparse.Namespace(**vars(args))
+    part.worlds, part.first_seed, part.seeds, part.part_method = world, seed, seed + 1, method
+    part.threads, part.jobs, part.worker, part.out = threads, 1, True, str(out)
+    return part
 
 
-def _strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
-    """``argv`` without the options ``names`` (``--opt value`` and ``--opt=value`` forms; whether an option
-    takes a value is read from :func:`build_parser`)."""
-    actions = build_parser()._option_string_actions
-    kept: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        name = a.split("=", 1)[0]
-        if name in names:
-            skip = "=" not in a and actions[name].nargs != 0
-            continue
-        kept.append(a)
-    return kept
+def _run_part(part: argparse.Namespace, lrs: dict[str, float], device: str, work: Path, quick: bool) -> None:
+    """A worker process's part (:func:`_part_args`): the process's threads and logging as in :func:`main`,
+    then the part's runs (:func:`_run_world`)."""
+    _setup_process(part.threads)
+    _run_world(part, part.worlds, list(range(part.first_seed, part.seeds)), lrs, device, Path(part.out), work,
+               quick)
 
 
-def _run_parallel(args: argparse.Namespace, argv: list[str], worlds: list[str], tasks: list[tuple[str, int, str]],
-                  jobs: int, lrs: dict[str, float], device: str, out: Path, work: Path, quick: bool) -> None:
+def _run_parallel(args: argparse.Namespace, worlds: list[str], tasks: list[tuple[str, int, str]], jobs: int,
+                  lrs: dict[str, float], device: str, out: Path, work: Path, quick: bool) -> None:
     """Prepare every world here (prune, evaluate the starting points), then run each (world, seed, base
-    method) part in a worker process, at most ``jobs`` at a time, base method by base method.
+    method) part in a worker process (:func:`_run_part`), at most ``jobs`` at a time, base method by base
+    method.
 
     Tiny models do not scale with threads, one-thread processes do; workers append to the same JSONL file
-    (one ``write`` per line, in append mode).
+    (one ``write`` per line, in append mode). Each worker is a fresh spawned process that runs one part.
+
+    :raises SystemExit: some parts failed (listed in part order; each failure's traceback is logged). A
+        worker killed outright (out of memory, a signal) breaks the pool: the parts not finished by then are
+        listed too; a rerun skips the runs already recorded
     """
-    import subprocess
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from loguru import logger
 
     for world in worlds:
         _run_world(args, world, sorted({t[1] for t in tasks}), lrs, device, out, work, quick, prepare_only=True)
-    base = _strip_options(argv, _PER_PART)
     threads = max(1, args.threads // jobs) if device == "cpu" else args.threads
     # whole base methods first (a run stopped early then lacks whole methods, not scattered cells); within a
     # method seed by seed, the longer TOFU part first
     # SimNPO last: on pruned models it mostly runs to the step cap (see docs/results.md)
     order = ("grad_diff", "npo", "grad_ascent", "simnpo")
-    pending = sorted(tasks, key=lambda t: (order.index(t[2]), t[1], t[0] != "tofu"))
-    running: list[tuple[tuple[str, int, str], Any]] = []
+    parts = sorted(tasks, key=lambda t: (order.index(t[2]), t[1], t[0] != "tofu"))
     failed: list[tuple[str, int, str]] = []
-    while pending or running:
-        while pending and len(running) < jobs:
-            world, seed, method = task = pending.pop(0)
-            cmd = [sys.executable, __file__, *base, "--worlds", world, "--first-seed", str(seed), "--seeds",
-                   str(seed + 1), "--part-method", method, "--jobs", "1", "--threads", str(threads), "--no-report",
-                   "--worker", "--out", str(out)]
-            running.append((task, subprocess.Popen(cmd)))
-        time.sleep(0.5)
-        for item in list(running):
-            code = item[1].poll()
-            if code is not None:
-                running.remove(item)
-                if code:
-                    failed.append(item[0])
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             max_tasks_per_child=1) as pool:
+        futures = [pool.submit(_run_part, _part_args(args, *part, threads, out), lrs, device, work, quick)
+                   for part in parts]
+        for part, future in zip(parts, futures, strict=True):
+            error = future.exception()
+            if error is not None:
+                failed.append(part)
+                logger.opt(exception=error).error(f"part {part} failed")
     if failed:
         raise SystemExit(f"parts failed (world, seed, method): {failed}")
 

@@ -116,7 +116,17 @@ def test_parallel_parts_and_worker_arguments() -> None:
     assert [len(default[m]) for m in ("grad_diff", "npo", "simnpo", "grad_ascent")] == [6, 1, 1, 1]
     argv = ["--full-matrix", "--worlds", "tofu,toy", "--seeds=3", "--jobs", "4", "--fresh", "--lr", "npo=1e-3",
             "--out", "x", "--threads", "2"]
-    assert headline._strip_options(argv, headline._PER_PART) == ["--full-matrix", "--lr", "npo=1e-3"]
+    args = headline.build_parser().parse_args(argv)
+    assert (args.worker, args.part_method) == (False, None)
+    part = headline._part_args(args, "toy", 2, "npo", 1, Path("y"))
+    # the part: one world, one seed, one base method, its own threads; the rest as given
+    assert (part.worlds, part.first_seed, part.seeds, part.part_method) == ("toy", 2, 3, "npo")
+    assert (part.threads, part.jobs, part.worker, part.out) == (1, 1, True, "y")
+    assert (part.full_matrix, part.lr, part.fresh) == (True, ["npo=1e-3"], True)
+    assert vars(args)["worlds"] == "tofu,toy" and args.out == "x"  # a copy: the parsed arguments are unchanged
+    assert set(vars(part)) == set(vars(args))
+    cells, _ = headline._plan(part, "toy")
+    assert len(cells["npo"]) == 6
 
 
 def test_paired_rows_keep_only_pairs_that_both_reached_the_target() -> None:
