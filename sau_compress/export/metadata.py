@@ -138,7 +138,7 @@ def unlearning_record(
 
 
 def vllm_support(fmt: str, quantization: str | None, sparsity_targets: bool = False) -> list[str]:
-    """Which vLLM versions can serve a checkpoint (facts of ``ECOSYSTEM.md``, November 2026).
+    """Which vLLM versions can serve a checkpoint (as ``docs/ecosystem.md`` records them, November 2026).
 
     :param fmt: ``sparse-24-bitmask`` or ``dense``
     :param quantization: the compressed-tensors quantization format, or None
