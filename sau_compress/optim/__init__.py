@@ -9,6 +9,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
 from sau_compress.optim.projected import ProjectedOptimizer
 from sau_compress.optim.scaled import (
     OPTIM_PRECISION,
@@ -17,7 +22,6 @@ from sau_compress.optim.scaled import (
     ScaledAdamW,
     ScaledOptimizer,
     ScaledSGD,
-    make_optimizer,
     nbytes,
 )
 
@@ -36,3 +40,39 @@ __all__ = [
 
 #: What the loop holds: either kind shares the interface above.
 UnlearningOptimizer = ScaledOptimizer | ProjectedOptimizer
+
+
+def make_optimizer(
+    kind: str,
+    params: Mapping[str, nn.Parameter],
+    scales: Mapping[str, ParamScale] | None = None,
+    lr: float = 1e-5,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    momentum: float = 0.9,
+    keep: Mapping[str, torch.Tensor] | None = None,
+) -> UnlearningOptimizer:
+    """Build an optimizer by name: scaled (``scales``, modes ``sau``/``topk``/``masked``), or, with ``keep``
+    (the frozen masks), the ``dense`` baseline's projected ``torch.optim`` optimizer.
+
+    :param kind: one of :data:`OPTIMIZERS`
+    :return: a :class:`ScaledAdamW` / :class:`ScaledSGD`, or a :class:`ProjectedOptimizer`
+    :raises ValueError: unknown ``kind`` (the error lists the choices), or both ``scales`` and ``keep``
+    """
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer '{kind}'; choose from {list(OPTIMIZERS)}")
+    if keep is not None:
+        if scales is not None:
+            raise ValueError("pass scales (scaled update) or keep (projected dense update), not both")
+        values = list(params.values())
+        if kind == "adamw":
+            opt: torch.optim.Optimizer = torch.optim.AdamW(
+                values, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay
+            )
+        else:
+            opt = torch.optim.SGD(values, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return ProjectedOptimizer(opt, params, keep)
+    if kind == "adamw":
+        return ScaledAdamW(params, scales, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
+    return ScaledSGD(params, scales, lr=lr, weight_decay=weight_decay, momentum=momentum)

@@ -13,35 +13,25 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from sau_compress.optim.scaled import OPTIMIZERS, nbytes
+from sau_compress.optim.scaled import nbytes
 
 __all__ = ["ProjectedOptimizer"]
 
 
 class ProjectedOptimizer:
-    """``torch.optim.AdamW`` / ``SGD`` on whole parameters, each step followed by ``weight[~keep] = 0``.
+    """A ``torch.optim`` optimizer over whole parameters, each step followed by ``weight[~keep] = 0``.
 
-    :param kind: ``adamw`` or ``sgd``
+    :param optimizer: the torch optimizer (``AdamW`` / ``SGD``) over exactly ``params``' tensors
     :param params: ``{name: parameter}``
     :param keep: ``{name: bool mask}`` (True = surviving) for the parameters whose pattern is frozen; a name
         without a mask is updated freely
-    :param lr: learning rate
-    :param weight_decay: torch's weight decay (decoupled for AdamW, L2 for SGD)
-    :param betas: AdamW's (β1, β2)
-    :param eps: AdamW's epsilon
-    :param momentum: SGD momentum
     """
 
     def __init__(
         self,
-        kind: str,
+        optimizer: torch.optim.Optimizer,
         params: Mapping[str, nn.Parameter],
         keep: Mapping[str, torch.Tensor] | None = None,
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        momentum: float = 0.9,
     ) -> None:
         if not params:
             raise ValueError("no parameters to optimize")
@@ -50,15 +40,7 @@ class ProjectedOptimizer:
         if unknown:
             raise KeyError(f"masks for unknown parameters: {unknown[:5]}")
         self.pruned = {name: ~m.to(self.params[name].device) for name, m in (keep or {}).items()}
-        values = list(self.params.values())
-        if kind == "adamw":
-            self.opt: torch.optim.Optimizer = torch.optim.AdamW(
-                values, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay
-            )
-        elif kind == "sgd":
-            self.opt = torch.optim.SGD(values, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        else:
-            raise ValueError(f"unknown optimizer '{kind}'; choose from {list(OPTIMIZERS)}")
+        self.opt = optimizer
 
     def attach(self) -> None:
         """Nothing to attach: gradients stay full-size ``.grad`` tensors."""

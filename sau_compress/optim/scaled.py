@@ -35,7 +35,6 @@ __all__ = [
     "ScaledAdamW",
     "ScaledOptimizer",
     "ScaledSGD",
-    "make_optimizer",
 ]
 
 OPTIM_PRECISION = torch.float32
@@ -387,26 +386,3 @@ class ScaledSGD(ScaledOptimizer):
                 buf.mul_(self.momentum).add_(d)
             d = d.add_(buf, alpha=self.momentum) if self.nesterov else buf.clone()
         return d.mul_(-self.lr)
-
-
-def make_optimizer(
-    kind: str,
-    params: Mapping[str, nn.Parameter],
-    scales: Mapping[str, ParamScale] | None = None,
-    lr: float = 1e-5,
-    weight_decay: float = 0.0,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    momentum: float = 0.9,
-) -> ScaledOptimizer:
-    """Build a scaled optimizer by name.
-
-    :param kind: one of :data:`OPTIMIZERS`
-    :return: a :class:`ScaledAdamW` or :class:`ScaledSGD`
-    :raises ValueError: unknown ``kind`` (the error lists the choices)
-    """
-    if kind == "adamw":
-        return ScaledAdamW(params, scales, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
-    if kind == "sgd":
-        return ScaledSGD(params, scales, lr=lr, weight_decay=weight_decay, momentum=momentum)
-    raise ValueError(f"unknown optimizer '{kind}'; choose from {list(OPTIMIZERS)}")

@@ -32,7 +32,7 @@ from sau_compress.data import pair_forget_retain, sequential_batches
 from sau_compress.errors import NonFiniteLossError, UserError
 from sau_compress.losses import answer_logprobs, get_loss, kl_to_reference, retain_nll, sequence_nll
 from sau_compress.masking import all_2of4, capture_masks, mean_sparsity, resolve_targets, sparsity, verify_masks
-from sau_compress.optim import ParamScale, ProjectedOptimizer, UnlearningOptimizer, make_optimizer, nbytes
+from sau_compress.optim import ParamScale, UnlearningOptimizer, make_optimizer, nbytes
 from sau_compress.saliency import compute_fisher
 from sau_compress.selection import build_selection
 from sau_compress.unlearn.batching import Batcher, check_items
@@ -326,8 +326,8 @@ class _Runner:
         cfg = self.config
         hyper = {"lr": cfg.learning_rate, "weight_decay": cfg.weight_decay, "betas": cfg.adam_betas,
                  "eps": cfg.adam_eps, "momentum": cfg.momentum}
-        if cfg.mode == "dense":
-            return ProjectedOptimizer(cfg.optimizer, self.params, masks, **hyper)
+        if cfg.mode == "dense":  # a standard torch step, then the frozen mask re-applied
+            return make_optimizer(cfg.optimizer, self.params, keep=masks, **hyper)
         return make_optimizer(cfg.optimizer, self.params, scales, **hyper)
 
     def _fail(self, step: int, what: str, value: float) -> None:
