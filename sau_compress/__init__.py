@@ -1,7 +1,9 @@
 """sau-compress: Sparsity-Aware Unlearning (SAU) for pruned LLMs.
 
-The pure modules (saliency, masking, optim, losses, data, unlearn, evaluation, export) import torch and
-friends only; llmcompressor is imported by :mod:`sau_compress.modifier` and :mod:`sau_compress.pipeline`.
+The layers below the modifier (saliency, masking, selection, optim, losses, data, unlearn, evaluation,
+export, worlds) import torch and friends only; llmcompressor is imported by the modifier layer
+(:mod:`~sau_compress.modifier`, :mod:`~sau_compress.magnitude`, :mod:`~sau_compress.offload`) and the pipeline.
+The module map and the import rule: ``docs/architecture.md``.
 Importing this package registers the modifiers with llmcompressor's ``ModifierFactory`` (at once if
 llmcompressor is loaded, else the moment it is), without importing llmcompressor itself.
 """
