@@ -121,3 +121,15 @@ def test_no_import_circle():
     for module in sorted(graph):
         if module not in state:
             visit(module)
+
+
+def test_llmcompressor_only_in_the_modifier_and_pipeline_layers():
+    # _registration names llmcompressor only as a string (an import hook), never imports it
+    below = [m for m in MODULES if _layer(m) not in ("modifier", "pipeline", "cli")]
+    offenders = []
+    for module in below:
+        for node in ast.walk(ast.parse(MODULES[module].read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            offenders += [f"{module}: {n}" for n in names if n.split(".")[0] == "llmcompressor"]
+    assert len(below) > 20 and not offenders, offenders
