@@ -29,6 +29,7 @@ __all__ = [
     "collate",
     "format_prompt",
     "load_qa",
+    "pad_token_id",
     "pair_forget_retain",
     "prompt_ids",
     "sequential_batches",
@@ -121,6 +122,15 @@ def tokenize_records(
         item["index"] = int(rec.get("index", i))
         out.append(item)
     return out
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The padding id for batches: the tokenizer's pad id, else its EOS id, else 0."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
 
 
 def collate(batch: Sequence[dict[str, Any]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:

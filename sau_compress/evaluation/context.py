@@ -12,9 +12,10 @@ from typing import Any
 
 from torch import nn
 
+from sau_compress.data import pad_token_id
 from sau_compress.errors import UserError
 from sau_compress.evaluation.generation import generate_answers
-from sau_compress.evaluation.scoring import AnswerScore, pad_token_id, score_items, tokenize_answers
+from sau_compress.evaluation.scoring import AnswerScore, score_items, tokenize_answers
 
 __all__ = ["EvalContext"]
 

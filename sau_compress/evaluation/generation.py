@@ -17,8 +17,8 @@ from loguru import logger
 from torch import nn
 from tqdm.auto import tqdm
 
-from sau_compress.data import prompt_ids
-from sau_compress.evaluation.scoring import model_device, pad_token_id
+from sau_compress.data import pad_token_id, prompt_ids
+from sau_compress.evaluation.scoring import model_device
 
 __all__ = ["generate_answers", "stop_token_ids"]
 

@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from sau_compress.data import pad_token_id
 from sau_compress.errors import UserError
 from sau_compress.evaluation.context import EvalContext
-from sau_compress.evaluation.scoring import AnswerScore, pad_token_id, score_items
+from sau_compress.evaluation.scoring import AnswerScore, score_items
 
 __all__ = [
     "METRICS",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sau_compress.data import collate, tokenize_qa
+from sau_compress.data import collate, pad_token_id, tokenize_qa
 from sau_compress.errors import UserError
 from sau_compress.losses import IGNORE_INDEX
 
@@ -26,7 +26,6 @@ __all__ = [
     "AnswerScore",
     "answer_nll",
     "model_device",
-    "pad_token_id",
     "score_items",
     "tokenize_answers",
 ]
@@ -76,15 +75,6 @@ def model_device(model: nn.Module) -> torch.device:
     for param in model.parameters():
         return param.device
     return torch.device("cpu")
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    """The tokenizer's pad id, else its EOS id, else 0."""
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    return 0
 
 
 def tokenize_answers(

@@ -3,35 +3,19 @@ toy world's names, loaded with their tokenizer onto a device."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sau_compress.errors import InputNotFoundError, UserError
+from sau_compress.errors import UserError
+from sau_compress.worlds import TOY_ALIASES
+from sau_compress.worlds import resolve_model_path as resolve_model
 
 __all__ = ["TOY_MODELS", "load_model_and_tokenizer", "pick_device", "resolve_model"]
 
 #: Model names that mean the embedded toy world's memorizer and its retain model (built on first use).
-TOY_MODELS = ("toy", "toy-retain")
-
-
-def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
-    """The folder of a model: ``toy`` / ``toy-retain`` (building the toy world on first use) or a folder.
-
-    :raises InputNotFoundError: neither a toy name nor an existing folder
-    """
-    text = str(name_or_path)
-    if text in TOY_MODELS:
-        from sau_compress.worlds import resolve_model_path
-
-        return resolve_model_path(text)
-    path = Path(text).expanduser()
-    if not path.is_dir():
-        what = "is a file, not a model folder" if path.is_file() else "not found"
-        raise InputNotFoundError(f"model '{text}' {what}: expected a model folder or one of {list(TOY_MODELS)}")
-    return path
+TOY_MODELS = tuple(TOY_ALIASES)
 
 
 def pick_device(device: str | None) -> str:

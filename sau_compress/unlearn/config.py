@@ -11,7 +11,7 @@ import torch
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from torch import nn
 
-from sau_compress.data import QARecord, tokenize_records
+from sau_compress.data import QARecord, pad_token_id, tokenize_records
 from sau_compress.losses import LOSSES, get_loss
 
 __all__ = ["MODES", "UnlearnConfig", "UnlearnJob", "UnlearnResult"]
@@ -186,11 +186,10 @@ class UnlearnJob:
         chat_template: bool = False,
         callback: Callable[[int, nn.Module], bool] | None = None,
     ) -> UnlearnJob:
-        """Tokenize QA records into a job (padding: the tokenizer's pad token, else EOS, else 0)."""
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        """Tokenize QA records into a job (padding: :func:`sau_compress.data.pad_token_id`)."""
         return cls(
             forget=tokenize_records(tokenizer, forget, max_length, chat_template),
             retain=tokenize_records(tokenizer, retain, max_length, chat_template) if retain is not None else None,
-            pad_token_id=int(pad) if pad is not None else 0,
+            pad_token_id=pad_token_id(tokenizer),
             callback=callback,
         )

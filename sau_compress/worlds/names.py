@@ -22,21 +22,20 @@ TOY_SPLITS = ("forget", "retain", "holdout")
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
     """Map ``toy`` (the memorizer) or ``toy-retain`` (its retain model) to their folders, building the
-    default world on first use; any other value must be an existing path.
+    default world on first use; any other value must be an existing folder.
 
     :param name_or_path: a model folder or one of :data:`TOY_ALIASES`
     :return: the model folder
-    :raises InputNotFoundError: the path does not exist
+    :raises InputNotFoundError: the path does not exist, or is a file
     """
     text = str(name_or_path)
     if text in TOY_ALIASES:
         world = build_toy_world()
         return world.root / TOY_ALIASES[text]
     path = Path(text).expanduser()
-    if not path.exists():
-        raise InputNotFoundError(
-            f"model '{text}' not found: expected a model folder or one of {sorted(TOY_ALIASES)}"
-        )
+    if not path.is_dir():
+        what = "is a file, not a model folder" if path.is_file() else "not found"
+        raise InputNotFoundError(f"model '{text}' {what}: expected a model folder or one of {sorted(TOY_ALIASES)}")
     return path
 
 
