@@ -8,9 +8,10 @@ forget/retain batches (one plan from one seed):
 - ``sau``: ``unlearn(mode="sau")``: saliency pass, G and W, compact update-scaled AdamW.
 
 Reported: wall time of SAU including its saliency pass over dense's, SAU's peak memory over dense's, and
-tokens/s of the SAU loop against the plain loop. On CUDA peak memory is ``torch.cuda.max_memory_allocated``
-(everything: model, activations, gradients, optimizer state); on CPU it is the training state the loop holds
-(gradients + optimizer state + saliency buffers + masks), since CPU allocations are not tracked by torch.
+tokens/s of the SAU loop against the plain loop. Peak memory is ``UnlearnResult.peak_memory_bytes``: on CUDA
+``torch.cuda.max_memory_allocated`` (everything: model, activations, gradients, optimizer state); on CPU the
+model's bytes plus the measured rise of resident memory (``sau_compress.memory.PeakMemory``). For memory at
+real model shapes, measured independently, see ``benchmarks/bench_scale.py``.
 
 Usage::
 

@@ -30,7 +30,8 @@ which cells the default command runs per world is :data:`FULL_PROFILE` (the whol
 Per run: forget quality (KS p-value of forget truth ratios against the retain model), model utility
 (harmonic mean of retain probability, ROUGE-L and truth ratio), forget ROUGE-L recall, the aggregate
 (:func:`headline_core.aggregate_score`), steps to target, training wall time (forgetting checks excluded),
-peak memory (CUDA: max allocated; CPU: the training state the loop holds).
+peak memory (CUDA: max allocated; CPU: model bytes + measured rise of resident memory; runs recorded before
+2026-11-29 carry the old CPU figure, the training state the loop held).
 
 Outputs in ``--out`` (default ``docs/results/headline``; ``docs/results/headline_<size>`` for a non-tiny
 ``--model-size``): ``headline_runs.jsonl``, ``headline_meta.json``,

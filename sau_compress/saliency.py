@@ -5,12 +5,17 @@ parameter. Each parameter's gradient is squared into its buffer by a post-accumu
 autograd produces it and is then freed, so no per-batch copy and no full set of gradients is ever held.
 Pruned positions get saliency too: their weight is zero but their gradient is defined, and it measures
 what pruning took away.
+
+With the frozen masks given, the saliency is kept *compact*: F on the surviving entries only (row-major
+order) and one total for the pruned entries, which is all the selection needs of them (ρ). On a 50%-sparse
+model that halves the largest buffer of the saliency pass (4 bytes per target entry down to 2).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,9 +23,23 @@ from loguru import logger
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["FISHER_PRECISION", "compute_fisher"]
+from sau_compress.masking import PackedMask
+
+__all__ = ["FISHER_PRECISION", "CompactFisher", "compute_fisher"]
 
 FISHER_PRECISION = torch.float32
+
+
+@dataclass
+class CompactFisher:
+    """One layer's saliency as the loop keeps it: F on the surviving entries and ΣF over the pruned ones.
+
+    :ivar surviving: fp32 ``[n_surviving]``, F at the mask's True entries in row-major order
+    :ivar pruned_total: ΣF over the mask's False entries (fp64 arithmetic)
+    """
+
+    surviving: torch.Tensor
+    pruned_total: float
 
 
 def compute_fisher(
@@ -30,7 +49,8 @@ def compute_fisher(
     total: int | None = None,
     desc: str = "saliency",
     progress: bool = True,
-) -> dict[str, torch.Tensor]:
+    masks: Mapping[str, torch.Tensor | PackedMask] | None = None,
+) -> dict[str, torch.Tensor] | dict[str, CompactFisher]:
     """Mean of squared gradients of ``loss_fn(batch)`` over ``batches``, one fp32 buffer per parameter.
 
     Only ``params`` need ``requires_grad``; their ``.grad`` is ``None`` on return. Other parameters should
@@ -42,7 +62,10 @@ def compute_fisher(
     :param total: number of batches, for the progress bar
     :param desc: progress-bar label
     :param progress: show the progress bar
-    :return: ``{name: F}`` with F fp32 of each parameter's shape, on its device
+    :param masks: ``{name: frozen mask}`` (bool or :class:`~sau_compress.masking.PackedMask`) for every
+        parameter: keep F compact (:class:`CompactFisher`)
+    :return: ``{name: F}`` with F fp32 of each parameter's shape, on its device; with ``masks``,
+        ``{name: CompactFisher}``
     :raises ValueError: no batch, a parameter without ``requires_grad``, or a loss with no gradient
     :raises FloatingPointError: a non-finite loss (naming the batch)
     """
@@ -51,17 +74,33 @@ def compute_fisher(
     frozen = [name for name, p in params.items() if not p.requires_grad]
     if frozen:
         raise ValueError(f"saliency parameters must require grad: {frozen[:5]}")
-    fisher = {name: torch.zeros(p.shape, dtype=FISHER_PRECISION, device=p.device) for name, p in params.items()}
+    if masks is not None:
+        missing = sorted(set(params) - set(masks))
+        if missing:
+            raise ValueError(f"no mask for saliency parameters: {missing[:5]}")
+        n_surv = {name: (m.n_surviving if isinstance(m, PackedMask) else int(m.sum())) for name, m in masks.items()}
+        fisher = {name: torch.zeros(n_surv[name], dtype=FISHER_PRECISION, device=p.device)
+                  for name, p in params.items()}
+        pruned = {name: torch.zeros((), dtype=torch.float64, device=p.device) for name, p in params.items()}
+    else:
+        fisher = {name: torch.zeros(p.shape, dtype=FISHER_PRECISION, device=p.device) for name, p in params.items()}
     hits = dict.fromkeys(params, 0)
 
     def make_hook(name: str) -> Callable[[torch.Tensor], None]:
         def hook(param: torch.Tensor) -> None:
             g = param.grad.detach()
-            if g.dtype != FISHER_PRECISION:
-                g = g.to(FISHER_PRECISION)
-            fisher[name].addcmul_(g, g)
-            hits[name] += 1
             param.grad = None
+            if masks is None:
+                if g.dtype != FISHER_PRECISION:
+                    g = g.to(FISHER_PRECISION)
+                fisher[name].addcmul_(g, g)
+            else:
+                mask = masks[name]
+                mask = mask.unpack(g.device) if isinstance(mask, PackedMask) else mask.to(g.device)
+                sq = g.to(FISHER_PRECISION).square_() if g.dtype != FISHER_PRECISION else g.square()
+                fisher[name].add_(sq[mask])
+                pruned[name].add_(sq.masked_fill_(mask, 0.0).sum(dtype=torch.float64))
+            hits[name] += 1
 
         return hook
 
@@ -89,4 +128,6 @@ def compute_fisher(
     for f in fisher.values():
         f.div_(n)
     logger.debug(f"saliency over {n} batches for {len(fisher)} parameters")
-    return fisher
+    if masks is None:
+        return fisher
+    return {name: CompactFisher(fisher[name], float(pruned[name]) / n) for name in fisher}

@@ -21,7 +21,9 @@ __all__ = [
     "build_selection",
     "redistribute",
     "saliency_ratio",
+    "build_selection_compact",
     "select_topk",
+    "select_topk_compact",
     "selection_mask",
     "topk_count",
 ]
@@ -43,6 +45,46 @@ def topk_count(n_surviving: int, ratio: float) -> int:
     return min(n_surviving, max(1, math.floor(ratio * n_surviving + 0.5)))
 
 
+def _index_dtype(numel: int) -> torch.dtype:
+    """int32 for flat indices of a layer below 2**31 entries (half the memory of int64), else int64."""
+    return torch.int32 if numel < 2**31 else torch.long
+
+
+def _topk_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions of the ``k`` largest of a 1-D tensor, ascending; ties go to the lower position."""
+    n = scores.numel()
+    if k >= n:
+        return torch.arange(n, device=scores.device)
+    threshold = torch.kthvalue(scores, n - k + 1).values
+    above = scores > threshold
+    n_above = int(above.sum())
+    equal = scores == threshold
+    # the first (k - n_above) equal entries in position order
+    take_equal = equal & (torch.cumsum(equal, 0) <= (k - n_above))
+    return (above | take_equal).nonzero().squeeze(1)
+
+
+def select_topk_compact(surviving_fisher: torch.Tensor, mask: torch.Tensor, ratio: float) -> tuple[
+    torch.Tensor, torch.Tensor
+]:
+    """G from the saliency of the surviving entries only (``F[M]``, row-major order).
+
+    :param surviving_fisher: ``[n_surviving]`` saliency of the surviving entries, in row-major order
+    :param mask: the layer's bool mask (True = surviving)
+    :param ratio: ``topk_ratio`` in (0, 1]
+    :return: ``(flat indices [|G|] ascending, int32 below 2**31 entries; positions in surviving_fisher)``
+    """
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
+    n_surv = surviving_fisher.numel()
+    flat_surviving = mask.reshape(-1).nonzero().squeeze(1)
+    if flat_surviving.numel() != n_surv:
+        raise ValueError(f"{n_surv} saliency values for a mask with {flat_surviving.numel()} surviving entries")
+    k = topk_count(n_surv, ratio)
+    positions = _topk_positions(surviving_fisher.float(), k)
+    return flat_surviving[positions].to(_index_dtype(mask.numel())), positions
+
+
 def select_topk(fisher: torch.Tensor, mask: torch.Tensor, ratio: float) -> torch.Tensor:
     """G: the :func:`topk_count` surviving entries with the largest saliency, as ascending flat indices.
 
@@ -52,35 +94,28 @@ def select_topk(fisher: torch.Tensor, mask: torch.Tensor, ratio: float) -> torch
     :param fisher: saliency F, any shape, non-negative
     :param mask: bool mask of the same shape (True = surviving)
     :param ratio: ``topk_ratio`` in (0, 1]
-    :return: int64 tensor ``[|G|]`` of flat indices, sorted ascending
+    :return: ``[|G|]`` flat indices, sorted ascending (int32 below 2**31 entries, else int64)
     """
     if fisher.shape != mask.shape:
         raise ValueError(f"saliency shape {tuple(fisher.shape)} != mask shape {tuple(mask.shape)}")
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
-    flat_mask = mask.reshape(-1)
-    n_surv = int(flat_mask.sum())
-    k = topk_count(n_surv, ratio)
-    if k == 0:
-        return torch.empty(0, dtype=torch.long, device=fisher.device)
-    if k == n_surv:
-        return flat_mask.nonzero().squeeze(1)
-    # pruned entries get -1 < any saliency, so the k-th largest overall is the k-th largest survivor
-    scores = torch.where(flat_mask, fisher.reshape(-1).float(), torch.full((), -1.0, device=fisher.device))
-    threshold = torch.kthvalue(scores, scores.numel() - k + 1).values
-    above = scores > threshold
-    n_above = int(above.sum())
-    equal = scores == threshold
-    # the first (k - n_above) equal entries in index order
-    take_equal = equal & (torch.cumsum(equal, 0) <= (k - n_above))
-    return (above | take_equal).nonzero().squeeze(1)
+    return select_topk_compact(fisher[mask], mask, ratio)[0]
 
 
 def selection_mask(shape: torch.Size | tuple[int, ...], indices: torch.Tensor) -> torch.Tensor:
     """Expand compact flat indices into a bool mask of ``shape`` (for inspection and tests)."""
     out = torch.zeros(math.prod(shape), dtype=torch.bool, device=indices.device)
-    out[indices] = True
+    out[indices.long()] = True
     return out.reshape(shape)
+
+
+def _ratio(pruned: float, surviving: float) -> float:
+    if pruned == 0.0:
+        return 0.0
+    if surviving == 0.0:
+        return math.inf
+    return pruned / surviving
 
 
 def saliency_ratio(fisher: torch.Tensor, mask: torch.Tensor) -> float:
@@ -90,13 +125,7 @@ def saliency_ratio(fisher: torch.Tensor, mask: torch.Tensor) -> float:
     but pruned entries do.
     """
     f = fisher.double()
-    pruned = float(f[~mask].sum())
-    surviving = float(f[mask].sum())
-    if pruned == 0.0:
-        return 0.0
-    if surviving == 0.0:
-        return math.inf
-    return pruned / surviving
+    return _ratio(float(f[~mask].sum()), float(f[mask].sum()))
 
 
 def redistribute(
@@ -185,7 +214,7 @@ def build_selection(
     max_scale: float = 10.0,
     redistribution: bool = True,
 ) -> LayerSelection:
-    """G and (optionally) W for one layer, from its saliency and frozen mask.
+    """G and (optionally) W for one layer, from its full saliency and frozen mask.
 
     :param fisher: saliency F ``[out, in]`` (fp32)
     :param mask: frozen mask M ``[out, in]`` (True = surviving)
@@ -195,14 +224,38 @@ def build_selection(
     :param redistribution: compute W (``sau``); ``False`` keeps W = 1 (``topk``)
     :return: the layer's :class:`LayerSelection`
     """
-    indices = select_topk(fisher, mask, topk_ratio)
-    rho = saliency_ratio(fisher, mask)
+    if fisher.shape != mask.shape:
+        raise ValueError(f"saliency shape {tuple(fisher.shape)} != mask shape {tuple(mask.shape)}")
+    pruned_total = float(fisher[~mask].double().sum())
+    return build_selection_compact(fisher[mask], pruned_total, mask, topk_ratio, alpha, max_scale, redistribution)
+
+
+def build_selection_compact(
+    surviving_fisher: torch.Tensor,
+    pruned_total: float,
+    mask: torch.Tensor,
+    topk_ratio: float,
+    alpha: float = 0.1,
+    max_scale: float = 10.0,
+    redistribution: bool = True,
+) -> LayerSelection:
+    """G and (optionally) W for one layer from the compact saliency the loop keeps: F on the surviving
+    entries (row-major order) and the total of F over the pruned ones (all ρ needs of them).
+
+    :param surviving_fisher: ``F[M]``, fp32 ``[n_surviving]``
+    :param pruned_total: ``ΣF[M=0]``
+    :param mask: frozen mask M ``[out, in]`` (True = surviving)
+    :return: the layer's :class:`LayerSelection`; ``indices`` are int32 below 2**31 entries
+    """
+    indices, positions = select_topk_compact(surviving_fisher, mask, topk_ratio)
+    rho = _ratio(float(pruned_total), float(surviving_fisher.double().sum()))
     scale = None
     n_clipped = 0
     if redistribution:
-        w = redistribute(fisher.reshape(-1)[indices], rho, alpha, max_scale)
+        w = redistribute(surviving_fisher[positions], rho, alpha, max_scale)
         n_clipped = int((w >= max_scale).sum()) if alpha > 0 and rho > 0 else 0
         scale = None if bool((w == 1).all()) else w
     return LayerSelection(
-        indices=indices, scale=scale, numel=mask.numel(), n_surviving=int(mask.sum()), rho=rho, n_clipped=n_clipped
+        indices=indices, scale=scale, numel=mask.numel(), n_surviving=surviving_fisher.numel(), rho=rho,
+        n_clipped=n_clipped,
     )

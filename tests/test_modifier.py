@@ -176,7 +176,7 @@ def test_sparsegpt_then_sau_keeps_sparsegpts_pattern(tiny_model_dir, tokenizer, 
         w = final[f"{name}.weight"]
         pruned = snapshot[f"{name}.weight"]
         assert torch.equal(w != 0, pruned != 0), name
-        assert torch.equal(mask, pruned != 0), name
+        assert torch.equal(mask.unpack(), pruned != 0), name
         assert is_2of4(w) and sparsity(w) == 0.5, name
         moved += int((w != pruned).sum())
     assert moved > 0
@@ -202,7 +202,7 @@ def test_reverse_order_runs_sau_on_dense_layers_with_rho_0_and_w_1(
         "SparseGPTModifier",
     ]
     sau = recipe.modifiers[0]
-    assert all(bool(mask.all()) for mask in sau.result.masks.values())  # dense when SAU ran
+    assert all(bool(mask.unpack().all()) for mask in sau.result.masks.values())  # dense when SAU ran
     assert sau.result.steps == 2 and sau.result.mode == "sau"  # no switch to topk: rho = 0 gives W = 1
     for name, layer in sau.result.layers.items():
         assert layer["sparsity"] == 0.0 and layer["rho"] == 0.0, name
@@ -230,7 +230,7 @@ def test_assigned_job_is_used_and_no_file_is_read(tiny_model_dir, tokenizer, qa_
     remove_dispatch(model)
     assert len(job.results) == 1 and job.results[0] is sau.result and sau.result.steps == 2
     assert len(job.forget) == len(load_qa(str(qa_files["forget"])))  # the caller's job keeps its data
-    assert len(sau.result.masks) == 14 and all(is_2of4(m) for m in sau.result.masks.values())
+    assert len(sau.result.masks) == 14 and all(is_2of4(m.unpack()) for m in sau.result.masks.values())
 
 
 def test_missing_forget_set_fails_at_initialize(tiny_model_dir, tokenizer, qa_records):
@@ -324,6 +324,6 @@ def test_magnitude_then_dense_mode_through_oneshot(tiny_model_dir, tokenizer, qa
     modules = dict(model.named_modules())
     for name, mask in sau.result.masks.items():
         expected = magnitude_mask(original[f"{name}.weight"], 0.5)
-        assert torch.equal(mask, expected), name
+        assert torch.equal(mask.unpack(), expected), name
         assert torch.equal(modules[name].weight != 0, expected), name
     assert torch.equal(model.lm_head.weight, original["lm_head.weight"])

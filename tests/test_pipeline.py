@@ -139,6 +139,22 @@ def test_overrides_are_validated_and_name_the_field():
         )
 
 
+def test_trainer_knobs_are_recipe_fields_and_set_keys():
+    recipe = apply_overrides(
+        read_recipe("sparsegpt-2of4-sau-graddiff"),
+        parse_overrides(["forget=f.jsonl", "grad_accum_steps=4", "lr_scheduler=Cosine", "warmup_steps=2",
+                         "gradient_checkpointing=true", "max_grad_norm=1.0"]),
+    )
+    cfg = load_recipe(recipe).modifiers[1].config
+    assert (cfg.grad_accum_steps, cfg.lr_scheduler, cfg.warmup_steps) == (4, "cosine", 2)
+    assert cfg.gradient_checkpointing is True and cfg.max_grad_norm == 1.0
+    for bad, field in (("grad_accum_steps=0", "grad_accum_steps"), ("lr_scheduler=step", "lr_scheduler"),
+                       ("warmup_steps=-1", "warmup_steps")):
+        with pytest.raises(ValueError, match=field):
+            load_recipe(apply_overrides(read_recipe("sparsegpt-2of4-sau-graddiff"),
+                                        parse_overrides(["forget=f.jsonl", bad])))
+
+
 # ---------------------------------------------------------------------------------------------------- run
 
 

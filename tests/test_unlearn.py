@@ -52,7 +52,7 @@ def test_200_adamw_steps_keep_pruned_zero_and_unselected_bit_identical(pruned, i
     after = _weights(pruned)
     for name, w in after.items():
         mask = masks[name]
-        assert torch.equal(result.masks[name], mask), name  # the run hands back the masks it kept
+        assert torch.equal(result.masks[name].unpack(), mask), name  # the run hands back the masks it kept
         assert torch.equal(w[~mask], torch.zeros(int((~mask).sum()))), name
         moved = (w != before[name]) & mask
         assert int(moved.sum()) > 0, name
@@ -92,7 +92,9 @@ def test_sau_w_differs_from_topk_and_result_numbers(pruned, items):
     assert info["rho"] > 0 and info["w_mean"] > 1.0 and topk.layers[name]["w_mean"] == 1.0
     assert not torch.equal(pruned.get_submodule(name).weight, twin.get_submodule(name).weight)
     assert len(sau.losses) == len(sau.forget_losses) == len(sau.retain_losses) == 3
-    assert sau.device == "cpu" and sau.memory_measure == "cpu_training_state" and sau.peak_memory_bytes > 0
+    assert sau.device == "cpu" and sau.memory_measure == "cpu_rss_peak"
+    # the CPU figure is the model's bytes plus the measured rise of resident memory
+    assert sau.peak_memory_bytes >= sum(p.numel() * 4 for p in pruned.parameters())
     assert sau.tokens > 0 and sau.saliency_seconds > 0 and sau.seconds >= sau.train_seconds
     json.dumps(sau.to_dict())
     assert "selected" not in sau.to_dict()
@@ -113,11 +115,6 @@ def test_sau_optimizer_state_is_a_fraction_of_dense(tiny_model, items):
     n_sel = sum(v["n_selected"] for v in sizes["sau"].layers.values())
     assert sizes["sau"].optimizer_state_bytes == 16 * n_sel
     assert sizes["sau"].optimizer_state_bytes < 0.35 * sizes["dense"].optimizer_state_bytes
-    # the CPU peak counts the optimizer state (torch creates it lazily, in the first step) and the gradients
-    grad_bytes = 4 * numel
-    assert sizes["dense"].peak_memory_bytes >= sizes["dense"].optimizer_state_bytes + grad_bytes
-    assert sizes["sau"].peak_memory_bytes >= sizes["sau"].optimizer_state_bytes
-    assert sizes["sau"].peak_memory_bytes < sizes["dense"].peak_memory_bytes
 
 
 def test_npo_and_kl_start_from_the_reference(pruned, items):
@@ -190,7 +187,7 @@ def test_sau_on_dense_layers_is_exactly_its_topk_selection(tiny_model, items):
     for name, layer in r_sau.layers.items():
         assert layer["rho"] == 0.0 and layer["w_mean"] == 1.0 and layer["w_max"] == 1.0, name
         assert torch.equal(r_sau.selected[name], r_topk.selected[name]), name
-        assert bool(r_sau.masks[name].all()), name
+        assert bool(r_sau.masks[name].unpack().all()), name
     for (name, a), (_, b) in zip(tiny_model.state_dict().items(), twin.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 

@@ -1,5 +1,5 @@
 """Optimizers of the unlearning loop, all with one interface (``attach``, ``detach``, ``zero_grad``,
-``grads_finite``, ``clip_grad_norm_``, ``step``, ``state_bytes``, ``held_bytes``):
+``grads_finite``, ``clip_grad_norm_``, ``set_lr``, ``step``, ``state_bytes``, ``master``):
 
 - :mod:`~sau_compress.optim.scaled`: the whole update, weight decay included, scaled per entry (modes
   ``sau``, ``topk``: compact layout on G; ``masked``: full layout, scale = the frozen mask);
@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from sau_compress.masking import PackedMask
 from sau_compress.optim.projected import ProjectedOptimizer
 from sau_compress.optim.scaled import (
     OPTIM_PRECISION,
@@ -51,7 +52,7 @@ def make_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     momentum: float = 0.9,
-    keep: Mapping[str, torch.Tensor] | None = None,
+    keep: Mapping[str, torch.Tensor | PackedMask] | None = None,
 ) -> UnlearningOptimizer:
     """Build an optimizer by name: scaled (``scales``, modes ``sau``/``topk``/``masked``), or, with ``keep``
     (the frozen masks), the ``dense`` baseline's projected ``torch.optim`` optimizer.
@@ -65,14 +66,13 @@ def make_optimizer(
     if keep is not None:
         if scales is not None:
             raise ValueError("pass scales (scaled update) or keep (projected dense update), not both")
-        values = list(params.values())
-        if kind == "adamw":
-            opt: torch.optim.Optimizer = torch.optim.AdamW(
-                values, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay
-            )
-        else:
-            opt = torch.optim.SGD(values, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        return ProjectedOptimizer(opt, params, keep)
+
+        def factory(tensors: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
+            if kind == "adamw":
+                return torch.optim.AdamW(tensors, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+            return torch.optim.SGD(tensors, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+        return ProjectedOptimizer(factory, params, keep)
     if kind == "adamw":
         return ScaledAdamW(params, scales, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
     return ScaledSGD(params, scales, lr=lr, weight_decay=weight_decay, momentum=momentum)

@@ -16,7 +16,15 @@ Each parameter is updated in one of two layouts (:class:`ParamScale`):
 
 The math is torch's: AdamW with decoupled weight decay (``torch.optim.AdamW``), SGD with L2 weight decay
 added to the gradient and optional (Nesterov) momentum (``torch.optim.SGD``). It runs in fp32
-(:data:`OPTIM_PRECISION`) whatever the parameter dtype, and results are cast back.
+(:data:`OPTIM_PRECISION`) whatever the parameter dtype.
+
+**Mixed precision.** A parameter stored in a lower precision (bf16, fp16) gets an fp32 *master* of what is
+updated: ``[|G|]`` values in the compact layout, the full tensor in the full layout. Updates accumulate in
+the master and the weight is the master rounded to its dtype after every step, so updates far below the
+weight's rounding step (bf16 keeps 8 significant bits: an update of 1e-5 on a weight of 0.02 rounds away)
+still add up. fp32 parameters are their own master.
+
+The step runs one parameter at a time, so its temporaries are those of one layer, not of all of them.
 """
 
 from __future__ import annotations
@@ -88,6 +96,14 @@ class _Slot:
         self.size = size
         self.grad: torch.Tensor | None = None  # compact layout only
         self.state: dict[str, torch.Tensor] = {}
+        #: fp32 master of the updated entries, for parameters stored in a lower precision
+        self.master: torch.Tensor | None = None
+        if param.dtype != OPTIM_PRECISION:
+            data = param.detach()
+            if self.indices is not None:
+                self.master = data.view(-1).index_select(0, self.indices).to(OPTIM_PRECISION)
+            else:
+                self.master = data.to(OPTIM_PRECISION, copy=True)
 
     @property
     def compact(self) -> bool:
@@ -109,14 +125,18 @@ class _Slot:
         return torch.where(keep, g, torch.zeros((), dtype=g.dtype, device=g.device))
 
     def values(self) -> torch.Tensor:
-        """Current parameter values in the optimizer's layout, fp32 (a copy in the compact layout)."""
+        """Current values in the optimizer's layout, fp32: the master, else the parameter (a copy of the
+        selected entries in the compact layout, the parameter itself in the full layout)."""
+        if self.master is not None:
+            return self.master
         data = self.param.detach()
         if self.compact:
-            return data.view(-1).index_select(0, self.indices).to(OPTIM_PRECISION)
-        return data.to(OPTIM_PRECISION)
+            return data.view(-1).index_select(0, self.indices)
+        return data
 
     def apply(self, old: torch.Tensor, update: torch.Tensor) -> None:
-        """Write ``old + scale ⊙ update`` back; entries with scale 0 are left untouched (bit-identical)."""
+        """Write ``old + scale ⊙ update`` back (through the master when there is one); entries with scale 0
+        are left untouched (bit-identical)."""
         if self.scale is not None:
             if self.scale.dtype == torch.bool:
                 update = torch.where(self.scale, update, torch.zeros((), dtype=update.dtype, device=update.device))
@@ -125,12 +145,16 @@ class _Slot:
             else:
                 update = torch.where(self.scale != 0, update * self.scale, torch.zeros((), device=update.device))
         data = self.param.data
-        if self.compact:
-            data.view(-1).index_put_((self.indices,), (old + update).to(data.dtype))
-        elif data.dtype == OPTIM_PRECISION:
-            data.add_(update)
+        if self.master is not None:
+            self.master.add_(update)
+            if self.compact:
+                data.view(-1).index_put_((self.indices,), self.master.to(data.dtype))
+            else:
+                data.copy_(self.master)
+        elif self.compact:
+            data.view(-1).index_put_((self.indices,), old.add_(update))
         else:
-            data.copy_(old + update)
+            data.add_(update)
 
 
 class ScaledOptimizer:
@@ -221,70 +245,51 @@ class ScaledOptimizer:
         return float(total)
 
     def grads_finite(self) -> bool:
-        """Whether every used gradient entry is finite (grouped norms, one device synchronisation)."""
-        grads = [g for slot in self.slots if (g := slot.used_grad()) is not None]
-        return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
+        """Whether every used gradient entry is finite (per-parameter norms, one device synchronisation)."""
+        norms = [g.norm() for slot in self.slots if (g := slot.used_grad()) is not None]
+        return bool(torch.isfinite(torch.stack([n.to(norms[0].device) for n in norms])).all()) if norms else True
 
     # ---- memory
 
     def state_bytes(self) -> int:
-        """Bytes of optimizer state (moments, momentum, compact indices and scales)."""
+        """Bytes of optimizer state (moments, momentum, fp32 masters, compact indices and scales)."""
         return sum(
             sum(nbytes(t) for t in slot.state.values()) + nbytes(slot.indices) + nbytes(slot.scale)
+            + nbytes(slot.master)
             for slot in self.slots
         )
+
+    def master(self, name: str) -> torch.Tensor | None:
+        """The fp32 master of parameter ``name`` (``[|G|]`` or full; ``None`` for an fp32 parameter)."""
+        for slot in self.slots:
+            if slot.name == name:
+                return slot.master
+        raise KeyError(name)
 
     def grad_bytes(self) -> int:
         """Bytes of gradients currently held (compact buffers and full ``.grad`` tensors)."""
         return sum(nbytes(slot.grad) + nbytes(slot.param.grad) for slot in self.slots)
 
-    def held_bytes(self) -> int:
-        """Bytes this optimizer holds at its peak within a step: state, gradients and, in the compact layout,
-        the one full gradient that exists before its hook gathers it."""
-        held = self.state_bytes() + self.grad_bytes()
-        if any(slot.compact for slot in self.slots):
-            held += max(nbytes(slot.param) for slot in self.slots)
-        return held
-
     # ---- step
+
+    def set_lr(self, lr: float) -> None:
+        """Learning rate of the next steps (a schedule sets it before each step)."""
+        self.lr = float(lr)
 
     @torch.no_grad()
     def step(self) -> None:
-        """Apply one update to every parameter that has a gradient."""
+        """Apply one update to every parameter that has a gradient, one parameter at a time."""
         self.step_count += 1
-        active, grads = [], []
         for slot in self.slots:
             g = slot.gather_grad()
-            if g is not None:
-                active.append(slot)
-                grads.append(g)
-        if not active:
-            return
-        olds = [slot.values() for slot in active]
-        updates = self._updates(active, olds, grads)
-        # compact slots with float (or no) scale: scale and add in grouped kernels, then scatter
-        grouped = [i for i, slot in enumerate(active)
-                   if slot.compact and (slot.scale is None or slot.scale.dtype != torch.bool)]
-        scaled = [i for i in grouped if active[i].scale is not None]
-        if scaled:
-            torch._foreach_mul_([updates[i] for i in scaled], [active[i].scale for i in scaled])
-        if grouped:
-            new_values = torch._foreach_add([olds[i] for i in grouped], [updates[i] for i in grouped])
-            for i, new in zip(grouped, new_values, strict=True):
-                data = active[i].param.data
-                data.view(-1).index_put_((active[i].indices,), new.to(data.dtype))
-        done = set(grouped)
-        for i, slot in enumerate(active):
-            if i not in done:
-                slot.apply(olds[i], updates[i])
-
-    def _updates(
-        self, slots: list[_Slot], olds: list[torch.Tensor], grads: list[torch.Tensor]
-    ) -> list[torch.Tensor]:
-        """Unscaled updates of the given slots (subclasses may batch them with ``torch._foreach_*``)."""
-        return [self._update(slot, old, g) for slot, old, g in zip(slots, olds, grads, strict=True)]
+            if g is None:
+                continue
+            old = slot.values()
+            slot.apply(old, self._update(slot, old, g))
+            del g, old
 
     def _update(self, slot: _Slot, old: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The unscaled update of one parameter (a new fp32 tensor of the slot's size)."""
         raise NotImplementedError
 
 
@@ -318,35 +323,14 @@ class ScaledAdamW(ScaledOptimizer):
             slot.state["exp_avg"] = torch.zeros(slot.size, dtype=OPTIM_PRECISION, device=dev)
             slot.state["exp_avg_sq"] = torch.zeros(slot.size, dtype=OPTIM_PRECISION, device=dev)
 
-    def _updates(
-        self, slots: list[_Slot], olds: list[torch.Tensor], grads: list[torch.Tensor]
-    ) -> list[torch.Tensor]:
-        """All slots at once with ``torch._foreach_*`` (a few grouped kernels on CUDA), same math as
-        :meth:`_update`."""
-        b1, b2 = self.betas
-        t = self.step_count
-        ms = [slot.state["exp_avg"] for slot in slots]
-        vs = [slot.state["exp_avg_sq"] for slot in slots]
-        torch._foreach_lerp_(ms, grads, 1.0 - b1)
-        torch._foreach_mul_(vs, b2)
-        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - b2)
-        denom = torch._foreach_sqrt(vs)
-        torch._foreach_div_(denom, math.sqrt(1.0 - b2**t))
-        torch._foreach_add_(denom, self.eps)
-        updates = torch._foreach_div(ms, denom)
-        torch._foreach_mul_(updates, -self.lr / (1.0 - b1**t))
-        if self.weight_decay:
-            torch._foreach_add_(updates, olds, alpha=-self.lr * self.weight_decay)
-        return list(updates)
-
     def _update(self, slot: _Slot, old: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         b1, b2 = self.betas
         t = self.step_count
         m, v = slot.state["exp_avg"], slot.state["exp_avg_sq"]
         m.lerp_(grad, 1.0 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
-        denom = (v.sqrt() / math.sqrt(1.0 - b2**t)).add_(self.eps)
-        update = (m / denom).mul_(-self.lr / (1.0 - b1**t))
+        denom = v.sqrt().div_(math.sqrt(1.0 - b2**t)).add_(self.eps)
+        update = torch.div(m, denom, out=denom).mul_(-self.lr / (1.0 - b1**t))
         if self.weight_decay:
             update.add_(old, alpha=-self.lr * self.weight_decay)
         return update

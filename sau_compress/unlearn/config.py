@@ -13,6 +13,7 @@ from torch import nn
 
 from sau_compress.data import QARecord, pad_token_id, tokenize_records
 from sau_compress.losses import LOSSES, get_loss
+from sau_compress.masking import PackedMask
 
 __all__ = ["MODES", "UnlearnConfig", "UnlearnJob", "UnlearnResult"]
 
@@ -42,9 +43,17 @@ class UnlearnConfig(BaseModel):
     :param optimizer: ``adamw`` | ``sgd``
     :param learning_rate: step size (> 0)
     :param weight_decay: weight decay (decoupled for AdamW, L2 for SGD), scaled like the rest of the update
-    :param max_steps: exact number of steps (overrides ``epochs``)
+    :param max_steps: exact number of optimizer steps (overrides ``epochs``)
     :param epochs: passes over the forget set
-    :param batch_size: forget (and retain) items per step
+    :param batch_size: forget (and retain) items per micro-batch
+    :param grad_accum_steps: micro-batches whose gradients add up to one optimizer step (the losses are
+        averaged over them); the effective batch is ``batch_size * grad_accum_steps``
+    :param lr_scheduler: ``constant`` | ``linear`` | ``cosine`` (transformers' schedules of the same names,
+        decaying to 0 at the last step)
+    :param warmup_steps: optimizer steps of linear warmup from 0 before the schedule
+    :param gradient_checkpointing: recompute activations in the backward pass (Hugging Face models'
+        ``gradient_checkpointing_enable``): less activation memory, about a third more compute. The saliency
+        pass then runs in training mode too (dropout, if the model has any, is active)
     :param gamma: weight of the forget term
     :param retain_weight: weight of the retain term (open-unlearning's ``alpha``)
     :param retain_loss: ``nll`` | ``kl`` (KL to the starting model on the retain answers)
@@ -59,7 +68,10 @@ class UnlearnConfig(BaseModel):
     :param adam_betas: AdamW (β1, β2), each in [0, 1)
     :param adam_eps: AdamW epsilon
     :param momentum: SGD momentum, in [0, 1)
-    :param autocast: bf16 autocast for forward/backward on CUDA (saliency and optimizer math stay fp32)
+    :param autocast: bf16 autocast for forward/backward on CUDA (saliency, losses and optimizer math stay fp32;
+        weights stored in bf16/fp16 are updated through an fp32 master, see :mod:`sau_compress.optim`)
+    :param return_master: hand back the fp32 masters of weights stored in a lower precision
+        (:attr:`UnlearnResult.master`, CPU), e.g. to check or resume a bf16 run
     :param allow_dense: unlearn a model whose target layers have no pruned entry at all (otherwise an error:
         SAU is for pruned models). On dense layers ρ = 0 and W = 1, so ``sau`` is its top-k selection there
     :param progress: show tqdm progress bars
@@ -78,6 +90,10 @@ class UnlearnConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1)
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(4, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    lr_scheduler: Annotated[Literal["constant", "linear", "cosine"], _Choice] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    gradient_checkpointing: bool = False
     gamma: Annotated[float, Field(ge=0.0), _Finite] = 1.0
     retain_weight: Annotated[float, Field(ge=0.0), _Finite] = 1.0
     retain_loss: Annotated[Literal["nll", "kl"], _Choice] = "nll"
@@ -93,6 +109,7 @@ class UnlearnConfig(BaseModel):
     adam_eps: Annotated[float, Field(gt=0.0), _Finite] = 1e-8
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     autocast: bool = True
+    return_master: bool = False
     allow_dense: bool = False
     progress: bool = True
 
@@ -118,10 +135,10 @@ class UnlearnConfig(BaseModel):
 class UnlearnResult:
     """What a run did and cost.
 
-    ``peak_memory_bytes`` is ``torch.cuda.max_memory_allocated`` over the run on CUDA (model, activations,
-    gradients, optimizer state: everything) and, on CPU, the peak of the training state this loop holds
-    (saliency buffers, gradients, optimizer state, masks, reference values; not the model and not
-    activations): see ``memory_measure``.
+    ``peak_memory_bytes`` is measured (:class:`sau_compress.memory.PeakMemory`): on CUDA
+    ``torch.cuda.max_memory_allocated`` over the run (model, activations, gradients, optimizer state,
+    temporaries: everything); on CPU the model's bytes plus the peak rise of the process's resident memory
+    during the run. ``memory_measure`` says which.
     """
 
     steps: int
@@ -137,7 +154,7 @@ class UnlearnResult:
     stopped_early: bool
     mode: str = "sau"
     method: str = "grad_diff"
-    memory_measure: str = "cpu_training_state"
+    memory_measure: str = "cpu_rss_peak"
     reference_seconds: float = 0.0
     train_seconds: float = 0.0
     tokens: int = 0
@@ -147,13 +164,19 @@ class UnlearnResult:
     extra: dict[str, Any] = field(default_factory=dict)
     #: G per layer as ascending flat indices (``sau``/``topk`` only; CPU int64); not part of :meth:`to_dict`
     selected: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    #: the frozen masks M the run kept (``{layer name: bool [out, in]}``, CPU); not part of :meth:`to_dict`
-    masks: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    #: the frozen masks M the run kept (``{layer name: PackedMask}``, CPU; ``.unpack()`` gives the bool
+    #: ``[out, in]`` mask); not part of :meth:`to_dict`
+    masks: dict[str, PackedMask] = field(default_factory=dict, repr=False)
+    #: fp32 masters of lower-precision weights (``[|G|]`` in ``sau``/``topk``, full otherwise; CPU), only with
+    #: ``return_master``; not part of :meth:`to_dict`
+    master: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (plain floats, ints, strings, lists, dicts); ``selected`` and ``masks`` are left out."""
+        """JSON-able dict (plain floats, ints, strings, lists, dicts); ``selected``, ``masks`` and ``master``
+        are left out."""
         return {
-            f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in ("selected", "masks")
+            f.name: copy.deepcopy(getattr(self, f.name))
+            for f in fields(self) if f.name not in ("selected", "masks", "master")
         }
 
 

@@ -11,9 +11,16 @@ Modes (``docs/design.md``):
 :func:`unlearn` owns every step of a run: it captures the frozen masks once, refuses an unpruned model unless
 told otherwise, builds G and W, trains, and verifies once at the end that the pattern is bit-identical. The
 optimizer of every mode has one interface (:mod:`sau_compress.optim`), so the training loop does not branch on
-the mode. One step = one forget batch (+ one retain batch for methods with a retain term): forwards, loss
-values checked (NaN/inf stops before anything is applied), one backward of ``gamma * forget + retain_weight *
-retain``, gradients checked, optional clipping, optimizer step.
+the mode. One optimizer step = ``grad_accum_steps`` micro-batches, each a forget batch (+ a retain batch for
+methods with a retain term). The forget loss is computed, checked (NaN/inf stops before anything is applied)
+and back-propagated before the retain batch runs, so each layer's full gradient lives only until the
+optimizer has gathered it (the gradient of ``gamma * forget + retain_weight * retain`` is the sum of the
+two); then the gradients are checked, optionally clipped, and the step is taken at the scheduled learning
+rate.
+
+Memory: the frozen masks are held as bits (:class:`~sau_compress.masking.PackedMask`), the saliency as F on the
+surviving entries only (:class:`~sau_compress.saliency.CompactFisher`), selection indices as int32, and the
+step runs one layer at a time. The peak is measured (:class:`~sau_compress.memory.PeakMemory`).
 """
 
 from __future__ import annotations
@@ -31,10 +38,19 @@ from tqdm.auto import tqdm
 from sau_compress.data import pair_forget_retain, sequential_batches
 from sau_compress.errors import NonFiniteLossError, UserError
 from sau_compress.losses import answer_logprobs, get_loss, kl_to_reference, retain_nll, sequence_nll
-from sau_compress.masking import all_2of4, capture_masks, mean_sparsity, resolve_targets, sparsity, verify_masks
+from sau_compress.masking import (
+    PackedMask,
+    all_2of4,
+    capture_packed_masks,
+    mean_sparsity,
+    resolve_targets,
+    verify_masks,
+)
+from sau_compress.memory import PeakMemory, model_bytes
 from sau_compress.optim import ParamScale, UnlearningOptimizer, make_optimizer, nbytes
 from sau_compress.saliency import compute_fisher
-from sau_compress.selection import build_selection
+from sau_compress.schedule import lr_multiplier
+from sau_compress.selection import build_selection_compact
 from sau_compress.unlearn.batching import Batcher, check_items
 from sau_compress.unlearn.config import UnlearnConfig, UnlearnResult
 
@@ -105,26 +121,29 @@ def unlearn(
     )
     was_training = model.training
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    model.to(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    checkpointing = _enable_checkpointing(model) if config.gradient_checkpointing else False
     devices = [device.index] if device.type == "cuda" else []
-    runner = _Runner(model, layers, forget, retain, config, device, pad_token_id, use_retain, callback)
+    runner = None
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(config.seed)
-            result = runner.run()
+        with PeakMemory(device, base_bytes=model_bytes(model)) as memory:
+            model.to(device)
+            runner = _Runner(model, layers, forget, retain, config, device, pad_token_id, use_retain, callback,
+                             memory)
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(config.seed)
+                result = runner.run()
     finally:
-        runner.close()
+        if runner is not None:
+            runner.close()
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])
             p.grad = None
+        if checkpointing:
+            model.gradient_checkpointing_disable()
         model.to(start_device)
         model.train(was_training)
-    if device.type == "cuda":
-        result.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
-        result.memory_measure = "cuda_max_allocated"
+    result.peak_memory_bytes = memory.peak_bytes
+    result.memory_measure = memory.measure
     result.seconds = time.perf_counter() - t_start
     logger.info(
         f"unlearning done: {result.steps} steps in {result.seconds:.1f}s (saliency {result.saliency_seconds:.1f}s), "
@@ -132,6 +151,21 @@ def unlearn(
         f"({result.memory_measure}), pattern preserved in {len(result.masks)} layers"
     )
     return result
+
+
+def _enable_checkpointing(model: nn.Module) -> bool:
+    """Turn on gradient checkpointing; ``True`` when this call turned it on (and must turn it off)."""
+    if getattr(model, "is_gradient_checkpointing", False):
+        return False
+    if not getattr(model, "supports_gradient_checkpointing", False) or not hasattr(
+        model, "gradient_checkpointing_enable"
+    ):
+        raise UserError(
+            f"gradient_checkpointing: {type(model).__name__} does not support it (a Hugging Face model with "
+            "supports_gradient_checkpointing is needed); set gradient_checkpointing: false"
+        )
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return True
 
 
 def _refuse_dense(sparsities: dict[str, float]) -> None:
@@ -159,6 +193,7 @@ class _Runner:
         pad_token_id: int,
         use_retain: bool,
         callback: Callable[[int, nn.Module], bool] | None,
+        memory: PeakMemory,
     ) -> None:
         self.model = model
         self.params = {name: layer.weight for name, layer in layers.items()}
@@ -168,22 +203,16 @@ class _Runner:
         self.device = device
         self.use_retain = use_retain
         self.callback = callback
+        self.memory = memory
         self.spec = get_loss(config.method)
         self.io = Batcher(model, device, pad_token_id, config.autocast)
         self.opt: UnlearningOptimizer | None = None
-        self.peak_state = 0
-        self.fixed_bytes = 0  # masks + reference values
         self.selected: dict[str, torch.Tensor] = {}
 
     def close(self) -> None:
         if self.opt is not None:
             self.opt.detach()
             self.opt.zero_grad()
-
-    def _note(self, extra: int = 0) -> None:
-        """Record the training state held now (the CPU memory measure)."""
-        held = self.fixed_bytes + extra + (self.opt.held_bytes() if self.opt is not None else 0)
-        self.peak_state = max(self.peak_state, held)
 
     # ---- phases
 
@@ -193,32 +222,41 @@ class _Runner:
             p.requires_grad_(False)
         for p in self.params.values():
             p.requires_grad_(True)
-        masks = capture_masks(self.model, cfg.targets, cfg.ignore)
-        self.fixed_bytes = sum(nbytes(m) for m in masks.values())
-        sparsities = {name: sparsity(m) for name, m in masks.items()}
+        masks = capture_packed_masks(self.model, cfg.targets, cfg.ignore)
+        sparsities = {name: m.sparsity for name, m in masks.items()}
         if not cfg.allow_dense and all(s == 0.0 for s in sparsities.values()):
             _refuse_dense(sparsities)
-        pattern_2of4 = all_2of4(masks.values())
+        pattern_2of4 = all_2of4(m.unpack() for m in masks.values())
         overall = mean_sparsity(masks)
-        logger.info(f"frozen masks captured: {len(masks)} layers, sparsity {overall:.3f}, 2:4 pattern: {pattern_2of4}")
+        logger.info(
+            f"frozen masks captured: {len(masks)} layers, sparsity {overall:.3f}, 2:4 pattern: {pattern_2of4} "
+            f"({sum(m.nbytes for m in masks.values()) / 2**20:.1f} MiB as bits)"
+        )
 
         generator = torch.Generator().manual_seed(cfg.seed)
-        plan = pair_forget_retain(
+        accum = cfg.grad_accum_steps
+        micro = pair_forget_retain(
             len(self.forget), len(self.retain) if self.use_retain else 0, cfg.batch_size, generator,
-            cfg.epochs, cfg.max_steps,
+            cfg.epochs, cfg.max_steps * accum if cfg.max_steps is not None else None,
         )
+        plan = [micro[i:i + accum] for i in range(0, len(micro), accum)]
 
         t_ref = time.perf_counter()
         self.model.eval()
         ref_nll = self._reference_nll() if self.spec.needs_reference_nll else None
-        ref_logprobs = self._reference_logprobs(plan) if self.use_retain and cfg.retain_loss == "kl" else None
+        ref_logprobs = self._reference_logprobs(micro) if self.use_retain and cfg.retain_loss == "kl" else None
         reference_seconds = time.perf_counter() - t_ref
 
         t_sal = time.perf_counter()
+        # with gradient checkpointing the saliency pass runs in training mode, where Hugging Face models
+        # checkpoint
+        self.model.train(cfg.gradient_checkpointing)
         layer_info, scales = self._select(masks, sparsities)
         saliency_seconds = time.perf_counter() - t_sal
+        self.memory.sample()
 
         self.opt = self._make_optimizer(masks, scales)
+        del scales
         self.opt.attach()
         self.model.train()
         t_train = time.perf_counter()
@@ -226,6 +264,10 @@ class _Runner:
         train_seconds = time.perf_counter() - t_train
 
         verify_masks(self.model, masks)
+        master = {}
+        if cfg.return_master:
+            master = {name: m.detach().cpu().clone() for name in self.params
+                      if (m := self.opt.master(name)) is not None}
         return UnlearnResult(
             steps=out["steps"],
             losses=out["losses"],
@@ -233,7 +275,7 @@ class _Runner:
             retain_losses=out["retain_losses"],
             seconds=0.0,
             saliency_seconds=saliency_seconds,
-            peak_memory_bytes=self.peak_state,
+            peak_memory_bytes=0,
             device=str(self.device),
             layers=layer_info,
             pattern_preserved=True,
@@ -246,9 +288,13 @@ class _Runner:
             tokens_per_second=out["tokens"] / train_seconds if train_seconds > 0 else 0.0,
             optimizer_state_bytes=self.opt.state_bytes(),
             pattern_2of4=pattern_2of4,
-            extra={"planned_steps": len(plan), "beta": cfg.effective_beta(), "mean_sparsity": overall},
+            extra={
+                "planned_steps": len(plan), "beta": cfg.effective_beta(), "mean_sparsity": overall,
+                "learning_rates": out["learning_rates"], "weight_dtype": str(next(iter(self.params.values())).dtype),
+            },
             selected=self.selected,
-            masks={name: m.cpu() for name, m in masks.items()},
+            masks={name: m.to("cpu") for name, m in masks.items()},
+            master=master,
         )
 
     @torch.no_grad()
@@ -261,7 +307,6 @@ class _Runner:
             out[idx] = nll.float().cpu()
         if not torch.isfinite(out).all():
             raise NonFiniteLossError("the starting model gives a non-finite NLL on the forget set")
-        self.fixed_bytes += nbytes(out)
         return out
 
     @torch.no_grad()
@@ -276,12 +321,11 @@ class _Runner:
             for j, lp in zip(idx, answer_logprobs(self.io.logits(batch), batch["labels"]), strict=True):
                 out[j] = lp.to(dtype).cpu()
         size = sum(nbytes(t) for t in out.values())
-        self.fixed_bytes += size
         logger.info(f"reference log-probs for {len(out)} retain items: {size / 2**20:.1f} MiB on CPU")
         return out
 
     def _select(
-        self, masks: dict[str, torch.Tensor], sparsities: dict[str, float]
+        self, masks: dict[str, PackedMask], sparsities: dict[str, float]
     ) -> tuple[dict[str, dict[str, Any]], dict[str, ParamScale]]:
         """Per-layer G and W (modes ``sau``/``topk``) or the full-layout scales (``masked``)."""
         cfg = self.config
@@ -289,13 +333,13 @@ class _Runner:
         scales: dict[str, ParamScale] = {}
         if cfg.mode in ("dense", "masked"):
             for name, mask in masks.items():
-                n_sel = mask.numel() if cfg.mode == "dense" else int(mask.sum())
+                n_sel = mask.numel() if cfg.mode == "dense" else mask.n_surviving
                 info[name] = {
                     "sparsity": sparsities[name], "rho": None,
                     "selected_fraction": n_sel / mask.numel(), "n_selected": n_sel,
                 }
                 if cfg.mode == "masked":
-                    scales[name] = ParamScale(indices=None, scale=mask)
+                    scales[name] = ParamScale(indices=None, scale=mask.unpack(self.device))
             return info, scales
         batches = sequential_batches(len(self.forget), cfg.batch_size, cfg.saliency_batches)
 
@@ -304,14 +348,13 @@ class _Runner:
             return retain_nll(*sequence_nll(self.io.logits(batch), batch["labels"]))
 
         fisher = compute_fisher(self.params, batches, forget_nll, total=len(batches), desc="saliency",
-                                progress=cfg.progress)
-        # the saliency buffers, plus the one full gradient alive before its hook squares it
-        self._note(extra=sum(nbytes(f) for f in fisher.values()) + max(nbytes(p) for p in self.params.values()))
+                                progress=cfg.progress, masks=masks)
+        self.memory.sample()
         for name in list(fisher):
             f = fisher.pop(name)
             # on a dense layer rho = 0, so W = 1: SAU is exactly its top-k selection there
-            sel = build_selection(f, masks[name], cfg.topk_ratio, cfg.alpha, cfg.max_scale,
-                                  redistribution=cfg.mode == "sau")
+            sel = build_selection_compact(f.surviving, f.pruned_total, masks[name].unpack(self.device),
+                                          cfg.topk_ratio, cfg.alpha, cfg.max_scale, redistribution=cfg.mode == "sau")
             del f
             info[name] = sel.summary()
             scales[name] = ParamScale(indices=sel.indices, scale=sel.scale)
@@ -322,7 +365,7 @@ class _Runner:
             )
         return info, scales
 
-    def _make_optimizer(self, masks: dict[str, torch.Tensor], scales: dict[str, ParamScale]) -> UnlearningOptimizer:
+    def _make_optimizer(self, masks: dict[str, PackedMask], scales: dict[str, ParamScale]) -> UnlearningOptimizer:
         cfg = self.config
         hyper = {"lr": cfg.learning_rate, "weight_decay": cfg.weight_decay, "betas": cfg.adam_betas,
                  "eps": cfg.adam_eps, "momentum": cfg.momentum}
@@ -337,19 +380,24 @@ class _Runner:
             "Lower learning_rate, set max_grad_norm, or check the data"
         )
 
-    def _step_loss(
-        self, f_idx: list[int], r_idx: list[int], ref_nll: torch.Tensor | None,
+    def _backward(
+        self, step: int, f_idx: list[int], r_idx: list[int], weight: float, ref_nll: torch.Tensor | None,
         ref_logprobs: dict[int, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, list[torch.Tensor], int]:
-        """The step's combined loss, its detached parts (forget[, retain]) and the tokens it read."""
+    ) -> tuple[float, float, int]:
+        """One micro-batch: the forget loss backward, then the retain loss backward (each scaled by ``weight``
+        = 1 / micro-batches of the step); return the loss values and the tokens read."""
         cfg = self.config
         batch = self.io.batch([self.forget[i] for i in f_idx])
         tokens = batch["n_tokens"]
         nll, n_tok = sequence_nll(self.io.logits(batch), batch["labels"])
         ref = ref_nll[f_idx].to(self.device) if ref_nll is not None else None
         f_loss = self.spec.forget(nll, n_tok, reference_nll=ref, beta=cfg.effective_beta(), delta=cfg.delta)
-        loss = cfg.gamma * f_loss
-        parts = [f_loss.detach()]
+        f_val = float(f_loss.detach())
+        if not math.isfinite(f_val):
+            self._fail(step, "forget loss", f_val)
+        (f_loss * (cfg.gamma * weight)).backward()
+        del f_loss, nll, batch
+        r_val = 0.0
         if self.use_retain:
             batch = self.io.batch([self.retain[j] for j in r_idx])
             tokens += batch["n_tokens"]
@@ -358,13 +406,17 @@ class _Runner:
                 r_loss = kl_to_reference(logits, batch["labels"], [ref_logprobs[j] for j in r_idx])
             else:
                 r_loss = retain_nll(*sequence_nll(logits, batch["labels"]))
-            loss = loss + cfg.retain_weight * r_loss
-            parts.append(r_loss.detach())
-        return loss, parts, tokens
+            del logits
+            r_val = float(r_loss.detach())
+            if not math.isfinite(r_val):
+                self._fail(step, "retain loss", r_val)
+            (r_loss * (cfg.retain_weight * weight)).backward()
+        self.memory.sample()
+        return f_val, r_val, tokens
 
     def _train(
         self,
-        plan: list[tuple[list[int], list[int]]],
+        plan: list[list[tuple[list[int], list[int]]]],
         ref_nll: torch.Tensor | None,
         ref_logprobs: dict[int, torch.Tensor] | None,
     ) -> dict[str, Any]:
@@ -373,30 +425,28 @@ class _Runner:
         losses: list[float] = []
         forget_losses: list[float] = []
         retain_losses: list[float] = []
+        rates: list[float] = []
         tokens = 0
         stopped_early = False
         bar = tqdm(total=len(plan), desc=f"unlearning ({cfg.mode}, {cfg.method})", unit="step",
                    disable=not cfg.progress, leave=False)
-        for step, (f_idx, r_idx) in enumerate(plan, start=1):
-            loss, parts, n_tokens = self._step_loss(f_idx, r_idx, ref_nll, ref_logprobs)
-            tokens += n_tokens
-            values = torch.stack(parts).tolist()  # one synchronisation for the loss values
-            f_val = values[0]
-            r_val = values[1] if self.use_retain else 0.0
-            if not math.isfinite(f_val):
-                self._fail(step, "forget loss", f_val)
-            if not math.isfinite(r_val):
-                self._fail(step, "retain loss", r_val)
-            # one backward of gamma * forget + retain_weight * retain, as open-unlearning's trainers
-            loss.backward()
-            del loss, parts
+        for step, micro in enumerate(plan, start=1):
+            lr = cfg.learning_rate * lr_multiplier(cfg.lr_scheduler, step - 1, len(plan), cfg.warmup_steps)
+            opt.set_lr(lr)
+            rates.append(lr)
+            f_sum = r_sum = 0.0
+            for f_idx, r_idx in micro:
+                f_val, r_val, n_tokens = self._backward(step, f_idx, r_idx, 1.0 / len(micro), ref_nll, ref_logprobs)
+                f_sum += f_val
+                r_sum += r_val
+                tokens += n_tokens
+            f_val, r_val = f_sum / len(micro), r_sum / len(micro)
             if not opt.grads_finite():
                 self._fail(step, "gradient", math.nan)
             if cfg.max_grad_norm is not None:
                 opt.clip_grad_norm_(cfg.max_grad_norm)
             opt.step()
-            if step == 1:
-                self._note()  # gradients and state both held; their sizes are the same at every step
+            self.memory.sample()
             opt.zero_grad()
             total = cfg.gamma * f_val + (cfg.retain_weight * r_val if self.use_retain else 0.0)
             losses.append(total)
@@ -414,4 +464,5 @@ class _Runner:
         return {
             "steps": len(losses), "losses": losses, "forget_losses": forget_losses,
             "retain_losses": retain_losses, "tokens": tokens, "stopped_early": stopped_early,
+            "learning_rates": rates,
         }

@@ -1,0 +1,92 @@
+"""Peak memory of a stretch of work, measured rather than added up.
+
+- On CUDA: ``torch.cuda.max_memory_allocated`` over the stretch (everything the caching allocator handed
+  out: model, activations, gradients, optimizer state, temporaries).
+- On CPU: the model's own bytes plus the largest rise of the process's resident set size (RSS) above its
+  level at the start, sampled by a background thread every ``interval`` seconds and at every
+  :meth:`PeakMemory.sample` call. The model is resident before the stretch starts, so adding its bytes makes
+  the figure comparable to the CUDA one. Sampling can miss a spike shorter than the interval, so the figure
+  is a lower bound of the true peak; ``benchmarks/bench_scale.py`` checks it against the kernel's own
+  high-water mark (``VmHWM``), which nothing here reads.
+
+RSS counts memory the allocator keeps after tensors are freed, as the operating system sees it: that is
+what decides whether a run fits.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import psutil
+import torch
+from torch import nn
+
+__all__ = ["PeakMemory", "model_bytes"]
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers (shared tensors counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = t.data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+class PeakMemory:
+    """Context manager measuring the peak memory of the work inside it on ``device``.
+
+    :param device: the device the work runs on
+    :param base_bytes: bytes already held that count towards the CPU figure (the model's bytes)
+    :param interval: CPU sampling period in seconds
+    :ivar peak_bytes: the figure, after exit
+    :ivar measure: ``"cuda_max_allocated"`` or ``"cpu_rss_peak"``
+    """
+
+    def __init__(self, device: torch.device, base_bytes: int = 0, interval: float = 0.001) -> None:
+        self.device = torch.device(device)
+        self.base_bytes = int(base_bytes)
+        self.interval = float(interval)
+        self.peak_bytes = 0
+        self.measure = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_rss_peak"
+        self._process = psutil.Process()
+        self._start_rss = 0
+        self._max_rss = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        """Take one RSS sample now (CPU; a no-op on CUDA)."""
+        if self.device.type != "cuda":
+            rss = self._process.memory_info().rss
+            if rss > self._max_rss:
+                self._max_rss = rss
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._start_rss = self._max_rss = self._process.memory_info().rss
+            self._thread = threading.Thread(target=self._poll, name="sau-peak-memory", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+            return
+        self.sample()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak_bytes = self.base_bytes + max(0, self._max_rss - self._start_rss)
