@@ -84,6 +84,7 @@ def test_bundled_recipe_builds_and_ignores_lm_head(name):
         assert modifier.ignore == ["re:.*lm_head"], type(modifier).__name__
     sau = recipe.modifiers[1]
     assert isinstance(sau, SparsityAwareUnlearningModifier) and sau.forget.path == "f.jsonl"
+    assert read_recipe(name)["unlearn_stage"]["unlearn_modifiers"][SAU_MODIFIER]["prompt_format"] == "auto"
     if name.startswith("magnitude"):
         assert isinstance(recipe.modifiers[0], OneShotMagnitudePruningModifier)
     if name.endswith("fp8"):
