@@ -112,9 +112,18 @@ def resolve_prompt_format(tokenizer: Any, prompt_format: str = "auto", *, log: b
     return resolved
 
 
+#: (chat template, EOS) pairs already checked by :func:`_check_turn_closing`: one warning per template
+_CHECKED_TEMPLATES: set[tuple[str, str | None]] = set()
+
+
 def _check_turn_closing(tokenizer: Any) -> None:
-    """Warn when the chat template does not render the answer right after the generation prompt and close the
-    assistant turn with EOS (the labelled tokens would then differ from what the template teaches)."""
+    """Warn (once per template) when the chat template does not render the answer right after the generation
+    prompt and close the assistant turn with EOS (the labelled tokens would then differ from what the template
+    teaches)."""
+    key = (str(tokenizer.chat_template), getattr(tokenizer, "eos_token", None))
+    if key in _CHECKED_TEMPLATES:
+        return
+    _CHECKED_TEMPLATES.add(key)
     question, answer = "Who?", "Someone."
     try:
         prompt = format_prompt(question, tokenizer, "chat")

@@ -143,6 +143,8 @@ def test_a_template_that_does_not_close_the_turn_with_eos_is_warned_about(logs):
     assert resolve_prompt_format(tok) == "chat"
     warnings = [m for m in logs if m.startswith("WARNING")]
     assert len(warnings) == 1 and "closes the assistant turn with '<|end|>', not EOS '</s>'" in warnings[0]
+    assert resolve_prompt_format(tok) == "chat"  # warned once per template
+    assert len([m for m in logs if m.startswith("WARNING")]) == 1
     item = tokenize_qa(tok, QA[0]["question"], QA[0]["answer"])
     assert item["labels"][-1] == tok.convert_tokens_to_ids("</s>")  # the rule stays: answer + EOS
     logs.clear()
