@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from loguru import logger
 from rich.table import Table
 
 from sau_compress.cli._common import JSON_OPTION, console, emit, user_errors
+from sau_compress.errors import UserError
 
 
 def _render_eval(result: dict[str, Any]) -> None:
@@ -43,7 +45,14 @@ def eval_command(
     limit: int | None = typer.Option(None, "--limit", help="Use the first N records of every set."),
     batch_size: int = typer.Option(16, "--batch-size", help="Sequences per forward pass / generate call."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Longest generated answer."),
-    chat_template: bool = typer.Option(False, "--chat-template", help="Prompt with the tokenizer's chat template."),
+    prompt_format: str = typer.Option(
+        "auto", "--prompt-format",
+        help="auto (the tokenizer's chat template when it has one, else plain), plain ('Question: ...\\nAnswer:') "
+             "or chat (the chat template; an error without one).",
+    ),
+    chat_template: bool = typer.Option(
+        False, "--chat-template", hidden=True, help="Deprecated: same as --prompt-format chat."
+    ),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     name: str | None = typer.Option(None, "--name", help="Label of this run in comparisons."),
     output: Path | None = typer.Option(None, "--output", help="Folder to write eval.json and report.md into."),
@@ -54,10 +63,17 @@ def eval_command(
     from sau_compress.pipeline import evaluate_model
 
     with user_errors():
+        if chat_template:
+            if prompt_format.strip().lower() not in ("auto", "chat"):
+                raise UserError(
+                    f"--chat-template contradicts --prompt-format {prompt_format}; use --prompt-format only"
+                )
+            logger.warning("--chat-template is deprecated: use --prompt-format chat")
+            prompt_format = "chat"
         result = evaluate_model(
             model, suite, data_dir, forget=forget, retain=retain, holdout=holdout, forget_split=forget_split,
             retain_model=retain_model, text_set=text_set, limit=limit, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, chat_template=chat_template, device=device, name=name,
+            max_new_tokens=max_new_tokens, prompt_format=prompt_format, device=device, name=name,
             output=output, overwrite=overwrite,
         )
     emit(result, as_json, _render_eval)

@@ -15,6 +15,7 @@ def _render_run(result: dict[str, Any]) -> None:
     rows: dict[str, Any] = {
         "output": result["output"],
         "format": result["format"],
+        "prompt format": result.get("prompt_format"),
         "modifiers": " -> ".join(result["modifiers"]),
         "sparsity (target layers)": result["sparsity"],
         "2:4 everywhere": result["two_four"],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
@@ -29,10 +29,10 @@ with contextlib.redirect_stdout(sys.stderr):
 from llmcompressor.core import Event, State, active_session
 from llmcompressor.modifiers import Modifier, ModifierFactory
 from loguru import logger
-from pydantic import Field, PrivateAttr, create_model, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, create_model, field_validator, model_validator
 from torch import nn
 
-from sau_compress.data import QASetSpec
+from sau_compress.data import PromptFormat, QASetSpec
 from sau_compress.errors import UserError
 from sau_compress.offload import onloaded, quantization_disabled
 from sau_compress.unlearn import UnlearnConfig, UnlearnJob, UnlearnResult, unlearn
@@ -52,6 +52,11 @@ _UnlearnFieldsBase = create_model(  # type: ignore[call-overload]
     __base__=Modifier,
     **{name: (info.annotation, info) for name, info in _UNLEARN_FIELDS.items()},
 )
+
+
+def _lower(value: Any) -> Any:
+    """Choice fields read case-insensitively (as UnlearnConfig's)."""
+    return value.strip().lower() if isinstance(value, str) else value
 
 
 class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
@@ -105,7 +110,10 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
     :param retain: the set to keep (methods with a retain term need it)
     :param tokenizer: tokenizer folder or name; default: the model's own folder (``config.name_or_path``)
     :param max_length: token budget per QA item (prompt + answer + EOS)
-    :param chat_template: format prompts with the tokenizer's chat template
+    :param prompt_format: ``auto`` (default: the tokenizer's chat template when it has one, else ``plain``),
+        ``plain`` (``Question: ...\nAnswer:``) or ``chat`` (the chat template; an error without one); see
+        :func:`sau_compress.data.resolve_prompt_format`. The old ``chat_template: true/false`` still reads as
+        ``chat``/``plain``, with a deprecation warning
     :param method, mode, topk_ratio, alpha, max_scale, optimizer, learning_rate, allow_dense, ...: every field
         of :class:`sau_compress.unlearn.UnlearnConfig`, same names, types and defaults. ``allow_dense`` is
         implied when a pruning stage follows this one
@@ -117,12 +125,36 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
     retain: QASetSpec | None = None
     tokenizer: str | None = None
     max_length: int = Field(default=256, ge=2)
-    chat_template: bool = False
+    prompt_format: Annotated[PromptFormat, BeforeValidator(_lower)] = "auto"
 
     _config: UnlearnConfig | None = PrivateAttr(default=None)
     _job: UnlearnJob | None = PrivateAttr(default=None)
     _owns_job: bool = PrivateAttr(default=False)
     _pruning_after: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _chat_template_alias(cls, data: Any) -> Any:
+        """The deprecated ``chat_template: true/false`` becomes ``prompt_format: chat/plain``."""
+        if not isinstance(data, dict) or "chat_template" not in data:
+            return data
+        data = dict(data)
+        value = data.pop("chat_template")
+        if not isinstance(value, bool):
+            raise ValueError(f"chat_template is deprecated: use prompt_format: auto | plain | chat (got {value!r})")
+        mapped = "chat" if value else "plain"
+        given = data.get("prompt_format")
+        if given is not None and _lower(given) != mapped:
+            raise ValueError(
+                f"chat_template: {str(value).lower()} contradicts prompt_format: {given}; "
+                "drop chat_template (deprecated) and keep prompt_format"
+            )
+        logger.warning(
+            f"SparsityAwareUnlearningModifier: chat_template: {str(value).lower()} is deprecated; "
+            f"it reads as prompt_format: {mapped} (write that instead)"
+        )
+        data["prompt_format"] = mapped
+        return data
 
     @field_validator("forget", "retain", mode="before")
     @classmethod
@@ -171,7 +203,7 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
                 self.forget.load(),
                 self.retain.load() if self.retain is not None else None,
                 self.max_length,
-                self.chat_template,
+                self.prompt_format,
             )
             self._owns_job = True
         job = self._job

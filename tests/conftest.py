@@ -49,6 +49,27 @@ def tokenizer():
     return train_bpe_tokenizer(texts, vocab_size=320)
 
 
+#: a small chat template in the style of Qwen/Phi: BOS, role tag, newline, content, end-of-turn token
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}<|end|>"
+    "{% else %}<|assistant|>\n{{ m['content'] }}<|end|>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def make_chat_tokenizer(eos: str = "<|end|>"):
+    """A BPE tokenizer trained on the QA records with ``<|user|>``, ``<|assistant|>``, ``<|end|>`` and
+    :data:`CHAT_TEMPLATE`; EOS is ``<|end|>`` (the template's end of turn) unless ``eos`` says otherwise."""
+    from sau_compress.worlds import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer([f"{r['question']} {r['answer']}" for r in QA] * 4, vocab_size=320)
+    tok.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>", "<|end|>"]})
+    tok.eos_token = eos
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
 def make_tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2):
     """A tiny LlamaForCausalLM (hidden 64, 2 layers) with deterministic weights, fp32, eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import make_chat_tokenizer, make_tiny_llama
 from sau_compress.cli.app import app
 from sau_compress.io import OutputExistsError
 from sau_compress.magnitude import OneShotMagnitudePruningModifier
@@ -83,6 +84,7 @@ def test_bundled_recipe_builds_and_ignores_lm_head(name):
         assert modifier.ignore == ["re:.*lm_head"], type(modifier).__name__
     sau = recipe.modifiers[1]
     assert isinstance(sau, SparsityAwareUnlearningModifier) and sau.forget.path == "f.jsonl"
+    assert read_recipe(name)["unlearn_stage"]["unlearn_modifiers"][SAU_MODIFIER]["prompt_format"] == "auto"
     if name.startswith("magnitude"):
         assert isinstance(recipe.modifiers[0], OneShotMagnitudePruningModifier)
     if name.endswith("fp8"):
@@ -222,6 +224,69 @@ def test_run_end_to_end_leaves_the_input_untouched(tiny_model_dir, tiny_recipe, 
             assert is_2of4(layer.weight) and sparsity(layer.weight) == 0.5, name
     sidecar = json.loads((out / "sau_compress.json").read_text())
     assert sidecar["unlearning"]["method"] == "grad_diff" and sidecar["unlearning"]["forget_set_size"] == 2
+    # the tiny tokenizer has no chat template: auto is plain, recorded in the summary and the sidecar
+    assert summary["prompt_format"] == "plain"
+    assert sidecar["unlearning"]["prompt_format"] == "plain"
+    assert sidecar["metadata"]["run"]["prompt_format"] == "plain"
+
+
+def test_run_on_the_toy_world_records_the_resolved_prompt_format(toy_world, tmp_path):
+    from transformers import AutoTokenizer
+
+    from sau_compress.data import has_chat_template
+
+    assert not has_chat_template(AutoTokenizer.from_pretrained(str(toy_world.model_dir)))
+    out = tmp_path / "toy"
+    summary = run("toy", "sparsegpt-2of4-sau-graddiff", out, overrides=["max_steps=1", "batch_size=2"],
+                  num_calibration_samples=8, eval_limit=2, eval_batch_size=2, max_new_tokens=4, device="cpu")
+    assert summary["prompt_format"] == "plain" and summary["eval_records"] == {"forget": 2, "retain": 2}
+    sidecar = json.loads((out / "sau_compress.json").read_text())
+    assert sidecar["unlearning"]["prompt_format"] == "plain"
+    assert sidecar["metadata"]["run"]["prompt_format"] == "plain"
+
+
+def test_run_with_a_chat_tokenizer_uses_chat_everywhere(tiny_recipe, qa_files, tmp_path, monkeypatch):
+    """auto -> chat: the unlearning job, the calibration rows and both evaluations get the same format."""
+    import importlib
+
+    import sau_compress.evaluation
+    from sau_compress.unlearn import UnlearnJob
+
+    run_module = importlib.import_module("sau_compress.pipeline.run")  # the package's ``run`` is the function
+
+    chat_dir = tmp_path / "chat-llama"
+    tok = make_chat_tokenizer()
+    make_tiny_llama(len(tok)).save_pretrained(chat_dir)
+    tok.save_pretrained(chat_dir)
+    seen: dict[str, list] = {"job": [], "calibration": [], "summarize": []}
+    real_job, real_oneshot, real_summarize = (UnlearnJob.from_records.__func__, run_module.run_oneshot,
+                                              sau_compress.evaluation.summarize)
+
+    def job(cls, tokenizer, forget, retain, max_length=256, prompt_format="auto", callback=None):
+        made = real_job(cls, tokenizer, forget, retain, max_length, prompt_format, callback)
+        seen["job"].append(tokenizer.decode(made.forget[0]["input_ids"]))
+        return made
+
+    def oneshot(*args):
+        seen["calibration"].append(args[-1])
+        return real_oneshot(*args)
+
+    def summarize(*args, **kwargs):
+        seen["summarize"].append(kwargs["prompt_format"])
+        return real_summarize(*args, **kwargs)
+
+    monkeypatch.setattr(UnlearnJob, "from_records", classmethod(job))
+    monkeypatch.setattr(run_module, "run_oneshot", oneshot)
+    monkeypatch.setattr(sau_compress.evaluation, "summarize", summarize)
+    out = tmp_path / "out"
+    summary = run(chat_dir, tiny_recipe, out, forget=str(qa_files["forget"]),
+                  retain=str(qa_files["retain"]), overrides=["max_steps=1"], max_new_tokens=2, device="cpu")
+    assert summary["prompt_format"] == "chat"
+    first = json.loads(qa_files["forget"].read_text().splitlines()[0])
+    assert seen["job"] == [f"<s><|user|>\n{first['question']}<|end|><|assistant|>\n{first['answer']}<|end|>"]
+    assert seen["calibration"] == ["chat"] and seen["summarize"] == ["chat", "chat"]
+    sidecar = json.loads((out / "sau_compress.json").read_text())
+    assert sidecar["unlearning"]["prompt_format"] == "chat" and sidecar["metadata"]["run"]["prompt_format"] == "chat"
 
 
 @pytest.mark.slow

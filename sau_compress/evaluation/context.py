@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from sau_compress.data import pad_token_id
+from sau_compress.data import pad_token_id, resolve_prompt_format
 from sau_compress.errors import UserError
 from sau_compress.evaluation.generation import generate_answers
 from sau_compress.evaluation.scoring import AnswerScore, score_items, tokenize_answers
@@ -27,7 +27,8 @@ class EvalContext:
     :ivar datasets: set name (``forget``, ``retain``, ``holdout``, ``real_authors``, ...) -> QA records
     :ivar batch_size: sequences per forward pass / ``generate`` call
     :ivar max_new_tokens: longest generated answer
-    :ivar chat_template: build prompts with the tokenizer's chat template
+    :ivar prompt_format: ``auto`` | ``plain`` | ``chat``; resolved for the tokenizer when the context is made
+        (:func:`sau_compress.data.resolve_prompt_format`), so every metric prompts and scores the same way
     :ivar max_length: longest tokenized prompt + answer
     """
 
@@ -36,10 +37,13 @@ class EvalContext:
     datasets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     batch_size: int = 16
     max_new_tokens: int = 64
-    chat_template: bool = False
+    prompt_format: str = "auto"
     max_length: int = 512
     _scores: dict[tuple[str, str, str], list[list[AnswerScore]]] = field(default_factory=dict, repr=False)
     _generations: dict[tuple[str, str], list[str]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.prompt_format = resolve_prompt_format(self.tokenizer, self.prompt_format)
 
     def records(self, data: str) -> list[dict[str, Any]]:
         """The QA records of set ``data``.
@@ -60,7 +64,7 @@ class EvalContext:
         key = (data, question_key, answer_key)
         if key not in self._scores:
             items, groups = tokenize_answers(
-                self.tokenizer, self.records(data), question_key, answer_key, self.chat_template, self.max_length
+                self.tokenizer, self.records(data), question_key, answer_key, self.prompt_format, self.max_length
             )
             flat = score_items(
                 self.model, items, pad_token_id(self.tokenizer), self.batch_size, desc=f"scoring {data}:{answer_key}"
@@ -82,7 +86,7 @@ class EvalContext:
                 [rec[question_key] for rec in records],
                 max_new_tokens=self.max_new_tokens,
                 batch_size=self.batch_size,
-                chat_template=self.chat_template,
+                prompt_format=self.prompt_format,
                 desc=f"generating {data}",
             )
         return self._generations[key]

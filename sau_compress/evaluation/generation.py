@@ -17,7 +17,7 @@ from loguru import logger
 from torch import nn
 from tqdm.auto import tqdm
 
-from sau_compress.data import pad_token_id, prompt_ids
+from sau_compress.data import pad_token_id, prompt_ids, resolve_prompt_format
 from sau_compress.evaluation.scoring import model_device
 
 __all__ = ["generate_answers", "stop_token_ids"]
@@ -57,7 +57,7 @@ def generate_answers(
     questions: Sequence[str],
     max_new_tokens: int = 64,
     batch_size: int = 16,
-    chat_template: bool = False,
+    prompt_format: str = "auto",
     desc: str | None = None,
 ) -> list[str]:
     """Answer each question by greedy decoding.
@@ -67,7 +67,8 @@ def generate_answers(
     :param questions: the questions, in order
     :param max_new_tokens: longest answer, in tokens
     :param batch_size: prompts per ``generate`` call
-    :param chat_template: build prompts with the tokenizer's chat template
+    :param prompt_format: ``auto`` | ``plain`` | ``chat`` (:func:`sau_compress.data.resolve_prompt_format`);
+        the prompts are :func:`sau_compress.data.prompt_ids`, what precedes the answer in training
     :param desc: progress-bar label (no bar when ``None``)
     :return: the decoded answers (special tokens skipped, whitespace stripped), in the input order
     """
@@ -88,7 +89,8 @@ def generate_answers(
         eos_token_id=stops,
         pad_token_id=pad,
     )
-    prompts = [prompt_ids(tokenizer, q, chat_template) for q in questions]
+    fmt = resolve_prompt_format(tokenizer, prompt_format, log=False)
+    prompts = [prompt_ids(tokenizer, q, fmt) for q in questions]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     device = model_device(model)
     answers: list[str] = [""] * len(prompts)

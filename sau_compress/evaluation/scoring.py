@@ -2,8 +2,9 @@
 
 Every probability-based metric (answer probability, truth ratio, extraction strength, MIA scores, perplexity)
 is computed from one forward pass per answer, through :func:`score_items`. Answers are tokenized with
-:func:`sau_compress.data.tokenize_qa`, so the model is asked exactly what training taught (prompt, one space,
-answer, EOS). Log-probabilities are taken in fp32 (:data:`SCORE_PRECISION`) whatever the model's dtype.
+:func:`sau_compress.data.tokenize_qa`, so the model is asked exactly what training taught (the prompt in the
+resolved ``prompt_format``, the answer, EOS; only the answer and EOS are scored). Log-probabilities are taken
+in fp32 (:data:`SCORE_PRECISION`) whatever the model's dtype.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sau_compress.data import collate, pad_token_id, tokenize_qa
+from sau_compress.data import collate, pad_token_id, resolve_prompt_format, tokenize_qa
 from sau_compress.errors import UserError
 from sau_compress.losses import IGNORE_INDEX
 
@@ -82,7 +83,7 @@ def tokenize_answers(
     records: Sequence[dict[str, Any]],
     question_key: str = "question",
     answer_key: str = "answer",
-    chat_template: bool = False,
+    prompt_format: str = "auto",
     max_length: int = 512,
 ) -> tuple[list[dict[str, list[int]]], list[list[int]]]:
     """Tokenize every (question, answer) pair of ``records``; an answer field may hold a list of answers.
@@ -91,12 +92,14 @@ def tokenize_answers(
     :param records: QA records
     :param question_key: field holding the question
     :param answer_key: field holding one answer (str) or several (list of str, e.g. ``perturbed_answer``)
-    :param chat_template: build prompts with the tokenizer's chat template
+    :param prompt_format: ``auto`` | ``plain`` | ``chat`` (:func:`sau_compress.data.resolve_prompt_format`),
+        resolved once for all records
     :param max_length: longest tokenized sequence (the answer's tail is cut)
     :return: the flat list of tokenized items and, per record, the positions of its items in that list
     :raises KeyError: a record without ``question_key`` or ``answer_key``
     :raises TypeError: an answer that is neither a string nor a list of strings
     """
+    fmt = resolve_prompt_format(tokenizer, prompt_format, log=False)
     items: list[dict[str, list[int]]] = []
     groups: list[list[int]] = []
     for i, rec in enumerate(records):
@@ -114,7 +117,7 @@ def tokenize_answers(
         positions = []
         for answer in answers:
             positions.append(len(items))
-            items.append(tokenize_qa(tokenizer, rec[question_key], answer, max_length, chat_template))
+            items.append(tokenize_qa(tokenizer, rec[question_key], answer, max_length, fmt))
         groups.append(positions)
     return items, groups
 
@@ -184,7 +187,7 @@ def answer_nll(
     tokenizer: Any,
     records: Sequence[dict[str, Any]],
     batch_size: int = 16,
-    chat_template: bool = False,
+    prompt_format: str = "auto",
     max_length: int = 512,
 ) -> list[float]:
     """Mean per-token NLL of each record's answer (EOS included) given its prompt.
@@ -193,9 +196,9 @@ def answer_nll(
     :param tokenizer: its tokenizer
     :param records: QA records with ``question`` and ``answer``
     :param batch_size: sequences per forward pass
-    :param chat_template: build prompts with the tokenizer's chat template
+    :param prompt_format: ``auto`` | ``plain`` | ``chat`` (:func:`sau_compress.data.resolve_prompt_format`)
     :param max_length: longest tokenized sequence
     :return: one NLL (nats per token) per record, in order
     """
-    items, _ = tokenize_answers(tokenizer, records, chat_template=chat_template, max_length=max_length)
+    items, _ = tokenize_answers(tokenizer, records, prompt_format=prompt_format, max_length=max_length)
     return [s.avg_loss for s in score_items(model, items, pad_token_id(tokenizer), batch_size)]

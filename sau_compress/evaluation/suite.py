@@ -27,7 +27,7 @@ import numpy as np
 from loguru import logger
 from torch import nn
 
-from sau_compress.data import load_qa, tofu_data_dir
+from sau_compress.data import load_qa, resolve_prompt_format, tofu_data_dir
 from sau_compress.errors import InputNotFoundError, UserError
 from sau_compress.evaluation.context import EvalContext
 from sau_compress.evaluation.metrics import MetricResult, get_metric
@@ -343,7 +343,7 @@ def evaluate(
     metrics: Sequence[str] | None = None,
     batch_size: int = 16,
     max_new_tokens: int = 64,
-    chat_template: bool = False,
+    prompt_format: str = "auto",
     max_length: int = 512,
     retain_model: nn.Module | None = None,
     retain_tokenizer: Any = None,
@@ -364,7 +364,8 @@ def evaluate(
     :param metrics: compute only these metrics (and what they are built from)
     :param batch_size: sequences per forward pass / ``generate`` call
     :param max_new_tokens: longest generated answer
-    :param chat_template: build prompts with the tokenizer's chat template
+    :param prompt_format: ``auto`` | ``plain`` | ``chat``, resolved once for ``tokenizer``
+        (:func:`sau_compress.data.resolve_prompt_format`); generation prompts and scored answers use it
     :param max_length: longest tokenized prompt + answer
     :param retain_model: the reference model trained without the forget set
     :param retain_tokenizer: its tokenizer (default: ``tokenizer``)
@@ -374,24 +375,29 @@ def evaluate(
     """
     if retain_model is not None and reference is not None:
         raise ValueError("pass either retain_model or reference (its saved results), not both")
+    fmt = resolve_prompt_format(tokenizer, prompt_format)
     sets = dict(datasets) if datasets is not None else load_suite_data(
         suite, data_dir, forget, retain, holdout, forget_split, limit, text_set
     )
     specs = suite_specs(suite, text_set="text" in sets)
     if metrics is not None:
         specs = required_metrics(specs, metrics)
-    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "chat_template": chat_template,
-                "max_length": max_length}
+    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_length": max_length}
     ref = _reference_results(reference)
     if retain_model is not None:
         wanted = sorted({name for s in specs for name in s.reference.values()})
         if wanted:
             logger.info(f"evaluating the retain model for {wanted}")
-            ref_ctx = EvalContext(retain_model, retain_tokenizer or tokenizer, sets, **settings)
+            ref_tokenizer = retain_tokenizer if retain_tokenizer is not None else tokenizer
+            ref_fmt = fmt if ref_tokenizer is tokenizer else resolve_prompt_format(ref_tokenizer, prompt_format)
+            if ref_fmt != fmt:
+                logger.warning(f"the retain model is prompted in the {ref_fmt} format and the model in {fmt}: their "
+                               f"tokenizers resolve prompt_format {prompt_format!r} differently")
+            ref_ctx = EvalContext(retain_model, ref_tokenizer, sets, prompt_format=ref_fmt, **settings)
             ref = run_specs(ref_ctx, required_metrics(suite_specs(suite, "text" in sets), wanted))
     sizes = ", ".join(f"{k} {len(v)}" for k, v in sets.items())
     logger.info(f"{suite} suite: {len(specs)} metrics on {sizes}")
-    return run_specs(EvalContext(model, tokenizer, sets, **settings), specs, ref)
+    return run_specs(EvalContext(model, tokenizer, sets, prompt_format=fmt, **settings), specs, ref)
 
 
 def summarize(
@@ -401,7 +407,7 @@ def summarize(
     retain: list[dict[str, Any]],
     batch_size: int = 16,
     max_new_tokens: int = 64,
-    chat_template: bool = False,
+    prompt_format: str = "auto",
 ) -> dict[str, float]:
     """The quick before/after numbers: mean ROUGE-L recall of greedy answers and mean answer NLL per set.
 
@@ -409,14 +415,15 @@ def summarize(
 
     :param forget: QA records (``question``, ``answer``) of the forget set
     :param retain: QA records of the retain set
+    :param prompt_format: ``auto`` | ``plain`` | ``chat`` (:func:`sau_compress.data.resolve_prompt_format`)
     :return: ``{"forget_rouge", "retain_rouge", "forget_nll", "retain_nll"}``
     :raises ValueError: an empty set
     """
     for name, recs in (("forget", forget), ("retain", retain)):
         if not recs:
             raise UserError(f"summarize needs a non-empty {name} set")
-    ctx = EvalContext(model, tokenizer, {"forget": list(forget), "retain": list(retain)}, batch_size,
-                      max_new_tokens, chat_template)
+    ctx = EvalContext(model, tokenizer, {"forget": list(forget), "retain": list(retain)}, batch_size=batch_size,
+                      max_new_tokens=max_new_tokens, prompt_format=prompt_format)
     out: dict[str, float] = {}
     for name in ("forget", "retain"):
         out[f"{name}_rouge"] = float(get_metric("rouge")(ctx, data=name)["agg_value"])

@@ -109,6 +109,7 @@ def unlearning_record(
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
     result: Any = None,
+    prompt_format: str | None = None,
 ) -> dict[str, Any]:
     """The ``unlearning`` entry of the sidecar.
 
@@ -117,6 +118,8 @@ def unlearning_record(
     :param before: metrics before unlearning (e.g. ``evaluation.summarize``'s dict)
     :param after: metrics after unlearning
     :param result: the ``UnlearnResult`` (steps, losses, timings, pattern check) or its dict
+    :param prompt_format: the resolved prompt format the forget set was tokenized and evaluated in
+        (``plain`` | ``chat``); recorded when given
     :return: JSON-able dict
     """
     hyper = jsonable(config, "config")
@@ -130,6 +133,8 @@ def unlearning_record(
         "forget_set_size": len(forget),
         "metrics": {"before": jsonable(before, "before"), "after": jsonable(after, "after")},
     }
+    if prompt_format is not None:
+        record["prompt_format"] = prompt_format
     if result is not None:
         data = result.to_dict() if hasattr(result, "to_dict") else result
         data = jsonable(data, "result")

@@ -75,7 +75,7 @@ def evaluate_model(
     limit: int | None = None,
     batch_size: int = 16,
     max_new_tokens: int = 64,
-    chat_template: bool = False,
+    prompt_format: str = "auto",
     device: str | None = None,
     name: str | None = None,
     output: str | os.PathLike[str] | None = None,
@@ -88,8 +88,11 @@ def evaluate_model(
     is ``toy-retain``.
 
     :param retain_model: reference for forget quality / privleak: a model folder, a toy name, or saved results
+    :param prompt_format: ``auto`` | ``plain`` | ``chat`` (:func:`sau_compress.data.resolve_prompt_format`);
+        the resolved one is recorded in the settings
     :return: ``name``, ``model``, ``suite``, ``seconds``, ``output``, ``summary`` (headline metrics)
     """
+    from sau_compress.data import resolve_prompt_format
     from sau_compress.evaluation import build_record, evaluate, load_metrics, write_eval
     from sau_compress.evaluation.suite import SUITES
     from sau_compress.io import check_writable_parent
@@ -109,6 +112,7 @@ def evaluate_model(
         retain_model = retain_model or ("toy-retain" if default_data else None)
     path = resolve_model(model)
     lm, tokenizer = load_model_and_tokenizer(path, device)
+    fmt = resolve_prompt_format(tokenizer, prompt_format)
     reference = ref_model = ref_tokenizer = None
     if retain_model is not None and _is_results(retain_model):
         reference = load_metrics(retain_model)
@@ -117,7 +121,7 @@ def evaluate_model(
     metrics = evaluate(
         lm, tokenizer, suite, data_dir, forget=forget, retain=retain, holdout=holdout,
         forget_split=forget_split, limit=limit, text_set=text_set, batch_size=batch_size,
-        max_new_tokens=max_new_tokens, chat_template=chat_template, retain_model=ref_model,
+        max_new_tokens=max_new_tokens, prompt_format=fmt, retain_model=ref_model,
         retain_tokenizer=ref_tokenizer, reference=reference,
     )
     seconds = time.perf_counter() - start
@@ -127,7 +131,7 @@ def evaluate_model(
         "holdout": str(holdout) if holdout else None, "text_set": str(text_set) if text_set else None,
         "forget_split": forget_split if suite == "tofu" else None, "limit": limit,
         "retain_model": retain_model, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-        "chat_template": chat_template, "device": str(next(lm.parameters()).device),
+        "prompt_format": fmt, "device": str(next(lm.parameters()).device),
     }
     label = name or (model if model in TOY_MODELS else path.name)
     record = build_record(metrics, label, str(path), suite, settings, seconds)

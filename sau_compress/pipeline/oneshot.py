@@ -15,10 +15,10 @@ __all__ = ["calibration_dataset", "run_oneshot"]
 
 
 def calibration_dataset(
-    records: Sequence[QARecord], tokenizer: Any, n: int, max_length: int, seed: int
+    records: Sequence[QARecord], tokenizer: Any, n: int, max_length: int, seed: int, prompt_format: str = "auto"
 ) -> Any:
     """Calibration rows for SparseGPT/Wanda: prompt + answer tokens of ``n`` records (a seeded random subset,
-    in record order, when there are more).
+    in record order, when there are more), in ``prompt_format`` (:func:`sau_compress.data.tokenize_qa`).
 
     :return: a ``datasets.Dataset`` with ``input_ids`` and ``attention_mask``
     """
@@ -30,7 +30,7 @@ def calibration_dataset(
     if len(records) > n:
         chosen = sorted(random.Random(seed).sample(range(len(records)), n))
         records = [records[i] for i in chosen]
-    items = tokenize_records(tokenizer, records, max_length=max_length)
+    items = tokenize_records(tokenizer, records, max_length=max_length, prompt_format=prompt_format)
     return Dataset.from_dict(
         {
             "input_ids": [it["input_ids"] for it in items],
@@ -47,6 +47,7 @@ def run_oneshot(
     num_calibration_samples: int = 512,
     max_seq_length: int = 256,
     seed: int = 0,
+    prompt_format: str = "auto",
 ) -> None:
     """Apply a recipe to ``model`` in place with ``oneshot`` (the ``independent`` pipeline), then remove the
     dispatch hooks oneshot leaves, so the model is a plain module again.
@@ -58,6 +59,7 @@ def run_oneshot(
     :param num_calibration_samples: calibration rows (a seeded subset of ``calibration`` when larger)
     :param max_seq_length: token budget per calibration row
     :param seed: seed of the calibration subset
+    :param prompt_format: how calibration rows are formatted (``auto`` | ``plain`` | ``chat``)
     :raises UserError: a stage needs calibration data and none was given
     """
     from compressed_tensors.offload import remove_dispatch
@@ -69,7 +71,8 @@ def run_oneshot(
         if not calibration:
             names = [type(m).__name__ for m in modifiers if m.requires_calibration_data]
             raise UserError(f"{names} need calibration data: pass --calibration or a retain set")
-        dataset = calibration_dataset(calibration, tokenizer, num_calibration_samples, max_seq_length, seed)
+        dataset = calibration_dataset(calibration, tokenizer, num_calibration_samples, max_seq_length, seed,
+                                      prompt_format)
     oneshot(
         model=model,
         processor=tokenizer,

@@ -18,7 +18,7 @@ import torch
 import yaml
 from loguru import logger
 
-from sau_compress.data import QARecord, QASetSpec
+from sau_compress.data import QARecord, QASetSpec, resolve_prompt_format
 from sau_compress.errors import OutputExistsError, UserError
 from sau_compress.export.config import FORMATS
 from sau_compress.masking import all_2of4, mean_sparsity
@@ -33,7 +33,7 @@ from sau_compress.pipeline.recipes import (
     read_recipe,
 )
 
-__all__ = ["EXPORT_FORMATS", "run"]
+__all__ = ["EXPORT_FORMATS", "resolve_stage_format", "run"]
 
 #: ``auto`` picks ``sparse-24-bitmask`` when every target layer is 2:4 (and nothing is quantized), else ``dense``
 EXPORT_FORMATS = ("auto", *FORMATS)
@@ -97,9 +97,28 @@ def _prepare_recipe(
     return recipe_dict, built, saus
 
 
-def _load_sets(saus: list[Any], tokenizer: Any) -> tuple[dict[str, list[QARecord] | None], list[Any]]:
+def resolve_stage_format(saus: list[Any], tokenizer: Any) -> str:
+    """The one prompt format of the run: every SAU stage's ``prompt_format`` resolved for the tokenizer
+    (:func:`sau_compress.data.resolve_prompt_format`, logged once per setting).
+
+    :return: ``plain`` or ``chat``
+    :raises UserError: the stages resolve to different formats (unlearning and evaluation must share one)
+    """
+    resolved: dict[str, str] = {}
+    for sau in saus:
+        if sau.prompt_format not in resolved:
+            resolved[sau.prompt_format] = resolve_prompt_format(tokenizer, sau.prompt_format)
+    formats = sorted(set(resolved.values()))
+    if len(formats) > 1:
+        raise UserError(f"the {SAU_MODIFIER} stages ask for different prompt formats ({formats}); set one "
+                        "prompt_format for all of them")
+    return formats[0]
+
+
+def _load_sets(saus: list[Any], tokenizer: Any, prompt_format: str) -> tuple[dict[str, list[QARecord] | None],
+                                                                              list[Any]]:
     """Read each SAU stage's sets once (a set two stages share is read once too) and hand every stage its
-    tokenized job.
+    tokenized job, in the run's resolved ``prompt_format``.
 
     :return: the first stage's records (``forget``, ``retain``) for evaluation, and the jobs in stage order
     """
@@ -118,20 +137,20 @@ def _load_sets(saus: list[Any], tokenizer: Any) -> tuple[dict[str, list[QARecord
     jobs = []
     for sau in saus:
         jobs.append(UnlearnJob.from_records(
-            tokenizer, records(sau.forget), records(sau.retain), sau.max_length, sau.chat_template
+            tokenizer, records(sau.forget), records(sau.retain), sau.max_length, prompt_format
         ))
         sau.assign(jobs[-1])
     return {"forget": records(saus[0].forget), "retain": records(saus[0].retain)}, jobs
 
 
 def _summarize(model: Any, tokenizer: Any, sets: dict[str, list[QARecord]], batch_size: int,
-               max_new_tokens: int, chat_template: bool) -> dict[str, float]:
+               max_new_tokens: int, prompt_format: str) -> dict[str, float]:
     from sau_compress.evaluation import summarize
 
     model.eval()
     with torch.no_grad():
         return summarize(model, tokenizer, sets["forget"], sets["retain"], batch_size=batch_size,
-                         max_new_tokens=max_new_tokens, chat_template=chat_template)
+                         max_new_tokens=max_new_tokens, prompt_format=prompt_format)
 
 
 def target_layer_stats(model: torch.nn.Module, names: Sequence[str]) -> dict[str, Any]:
@@ -183,7 +202,9 @@ def run(
         (SparseGPT, Wanda, quantization) use its choice: the accelerator when there is one
     :return: ``output``, ``before``/``after`` (``forget_rouge``, ``retain_rouge``, ``forget_nll``,
         ``retain_nll``; ``None`` without ``evaluate``), ``sparsity``, ``two_four``, ``pattern_preserved``,
-        ``format``, ``seconds``, ``timings``, ``unlearn`` (the SAU result), ``recipe``, ``modifiers``
+        ``format``, ``prompt_format`` (the SAU stages' ``prompt_format`` resolved for the tokenizer: ``plain``
+        or ``chat``; unlearning, saliency, calibration and evaluation all use it), ``seconds``, ``timings``,
+        ``unlearn`` (the SAU result), ``recipe``, ``modifiers``
     """
     from sau_compress.data import load_qa
     from sau_compress.export import check_format, save_model, unlearning_record
@@ -203,24 +224,24 @@ def run(
 
     t = time.perf_counter()
     net, tokenizer = load_model_and_tokenizer(model_path, device)
-    sets, jobs = _load_sets(saus, tokenizer)
+    prompt_format = resolve_stage_format(saus, tokenizer)
+    sets, jobs = _load_sets(saus, tokenizer, prompt_format)
     timings["load"] = time.perf_counter() - t
 
     eval_sets = {name: (recs or [])[:eval_limit] for name, recs in sets.items()}
     if evaluate and not eval_sets["retain"]:
         raise UserError("evaluation needs a retain set: pass --retain (or --no-eval)")
-    chat = saus[0].chat_template
     before = after = None
     if evaluate:
         t = time.perf_counter()
-        before = _summarize(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, chat)
+        before = _summarize(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format)
         timings["evaluate_before"] = time.perf_counter() - t
         logger.info(f"before: {before}")
 
     t = time.perf_counter()
     calibration_records = load_qa(calibration) if calibration is not None else sets["retain"]
     run_oneshot(net, tokenizer, built, calibration_records, num_calibration_samples, max_seq_length,
-                saus[0].config.seed)
+                saus[0].config.seed, prompt_format)
     timings["oneshot"] = time.perf_counter() - t
     results = [r for job in jobs for r in job.results]
     if len(results) != len(saus):
@@ -228,7 +249,7 @@ def run(
     stats = target_layer_stats(net, list(results[-1].masks))
     if evaluate:
         t = time.perf_counter()
-        after = _summarize(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, chat)
+        after = _summarize(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format)
         timings["evaluate_after"] = time.perf_counter() - t
         logger.info(f"after: {after}")
 
@@ -242,6 +263,7 @@ def run(
         "recipe": str(recipe),
         "modifiers": [type(m).__name__ for m in built.modifiers],
         "format": fmt,
+        "prompt_format": prompt_format,
         "before": before,
         "after": after,
         "sparsity": stats["sparsity"],
@@ -254,7 +276,8 @@ def run(
     t = time.perf_counter()
     metadata = {
         "recipe": yaml.safe_dump(recipe_dict, sort_keys=False),
-        "unlearning": unlearning_record(saus[0].config, sets["forget"], before, after, results[0]),
+        "unlearning": unlearning_record(saus[0].config, sets["forget"], before, after, results[0],
+                                        prompt_format=prompt_format),
         "run": json.loads(json.dumps({k: v for k, v in summary.items() if k != "unlearn"}, default=str)),
     }
     save_model(net, tokenizer, output, format=fmt, metadata=metadata, overwrite=overwrite)

@@ -11,7 +11,7 @@ import torch
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from torch import nn
 
-from sau_compress.data import QARecord, pad_token_id, tokenize_records
+from sau_compress.data import QARecord, pad_token_id, resolve_prompt_format, tokenize_records
 from sau_compress.losses import LOSSES, get_loss
 from sau_compress.masking import PackedMask
 
@@ -206,13 +206,18 @@ class UnlearnJob:
         forget: Sequence[QARecord],
         retain: Sequence[QARecord] | None,
         max_length: int = 256,
-        chat_template: bool = False,
+        prompt_format: str = "auto",
         callback: Callable[[int, nn.Module], bool] | None = None,
     ) -> UnlearnJob:
-        """Tokenize QA records into a job (padding: :func:`sau_compress.data.pad_token_id`)."""
+        """Tokenize QA records into a job (padding: :func:`sau_compress.data.pad_token_id`).
+
+        :param prompt_format: ``auto`` | ``plain`` | ``chat``, resolved once for both sets
+            (:func:`sau_compress.data.resolve_prompt_format`); saliency and training see these tokens
+        """
+        fmt = resolve_prompt_format(tokenizer, prompt_format)
         return cls(
-            forget=tokenize_records(tokenizer, forget, max_length, chat_template),
-            retain=tokenize_records(tokenizer, retain, max_length, chat_template) if retain is not None else None,
+            forget=tokenize_records(tokenizer, forget, max_length, fmt),
+            retain=tokenize_records(tokenizer, retain, max_length, fmt) if retain is not None else None,
             pad_token_id=pad_token_id(tokenizer),
             callback=callback,
         )
