@@ -146,3 +146,27 @@ def test_gradient_checkpointing_on_a_model_without_it_is_a_user_error(items):
     with pytest.raises(UserError, match="gradient_checkpointing: Bare does not support it"):
         unlearn(Bare(), data[:1], None, _cfg(method="grad_ascent", gradient_checkpointing=True, allow_dense=True),
                 pad_token_id=pad)
+
+
+def test_logits_are_cut_to_the_scored_positions_with_the_same_nll(tiny_model, items):
+    from sau_compress.unlearn.batching import Batcher
+
+    data, pad = items
+    io = Batcher(tiny_model, torch.device("cpu"), pad, autocast=False)
+    assert io.trims  # LlamaForCausalLM takes logits_to_keep
+    batch = io.batch(data[:3])
+    length = batch["labels"].shape[1]
+    first = batch["first_label"]
+    assert first == min(next(i for i, x in enumerate(it["labels"]) if x != -100) for it in data[:3])
+    with torch.no_grad():
+        logits, labels = io.scored(batch)
+        full = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        assert logits.shape[1] == labels.shape[1] == length - first + 1 < length
+        torch.testing.assert_close(logits, full[:, first - 1:], rtol=0, atol=1e-5)
+        cut_nll, cut_tokens = sequence_nll(logits, labels)
+        full_nll, full_tokens = sequence_nll(full, batch["labels"])
+        torch.testing.assert_close(cut_nll, full_nll, rtol=1e-6, atol=1e-5)
+        assert torch.equal(cut_tokens, full_tokens)
+        io.trims = False  # a model without logits_to_keep is scored on the whole sequence
+        logits, labels = io.scored(batch)
+        assert logits.shape[1] == length and labels is batch["labels"]

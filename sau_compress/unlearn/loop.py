@@ -46,7 +46,7 @@ from sau_compress.masking import (
     resolve_targets,
     verify_masks,
 )
-from sau_compress.memory import PeakMemory, model_bytes
+from sau_compress.memory import PeakMemory, model_bytes, release_free_memory
 from sau_compress.optim import ParamScale, UnlearningOptimizer, make_optimizer, nbytes
 from sau_compress.saliency import compute_fisher
 from sau_compress.schedule import lr_multiplier
@@ -209,6 +209,12 @@ class _Runner:
         self.opt: UnlearningOptimizer | None = None
         self.selected: dict[str, torch.Tensor] = {}
 
+    def _release(self) -> None:
+        """On the CPU, give the heap's free pages back between phases and steps (see
+        :func:`sau_compress.memory.release_free_memory`); CUDA's caching allocator needs nothing."""
+        if self.device.type == "cpu":
+            release_free_memory()
+
     def close(self) -> None:
         if self.opt is not None:
             self.opt.detach()
@@ -254,6 +260,7 @@ class _Runner:
         layer_info, scales = self._select(masks, sparsities)
         saliency_seconds = time.perf_counter() - t_sal
         self.memory.sample()
+        self._release()
 
         self.opt = self._make_optimizer(masks, scales)
         del scales
@@ -303,7 +310,7 @@ class _Runner:
         out = torch.empty(len(self.forget), dtype=torch.float32)
         for idx in sequential_batches(len(self.forget), self.config.batch_size):
             batch = self.io.batch([self.forget[i] for i in idx])
-            nll, _ = sequence_nll(self.io.logits(batch), batch["labels"])
+            nll, _ = sequence_nll(*self.io.scored(batch))
             out[idx] = nll.float().cpu()
         if not torch.isfinite(out).all():
             raise NonFiniteLossError("the starting model gives a non-finite NLL on the forget set")
@@ -318,7 +325,7 @@ class _Runner:
         for chunk in sequential_batches(len(used), self.config.batch_size):
             idx = [used[c] for c in chunk]
             batch = self.io.batch([self.retain[j] for j in idx])
-            for j, lp in zip(idx, answer_logprobs(self.io.logits(batch), batch["labels"]), strict=True):
+            for j, lp in zip(idx, answer_logprobs(*self.io.scored(batch)), strict=True):
                 out[j] = lp.to(dtype).cpu()
         size = sum(nbytes(t) for t in out.values())
         logger.info(f"reference log-probs for {len(out)} retain items: {size / 2**20:.1f} MiB on CPU")
@@ -345,7 +352,7 @@ class _Runner:
 
         def forget_nll(idx: list[int]) -> torch.Tensor:
             batch = self.io.batch([self.forget[i] for i in idx])
-            return retain_nll(*sequence_nll(self.io.logits(batch), batch["labels"]))
+            return retain_nll(*sequence_nll(*self.io.scored(batch)))
 
         fisher = compute_fisher(self.params, batches, forget_nll, total=len(batches), desc="saliency",
                                 progress=cfg.progress, masks=masks)
@@ -389,7 +396,7 @@ class _Runner:
         cfg = self.config
         batch = self.io.batch([self.forget[i] for i in f_idx])
         tokens = batch["n_tokens"]
-        nll, n_tok = sequence_nll(self.io.logits(batch), batch["labels"])
+        nll, n_tok = sequence_nll(*self.io.scored(batch))
         ref = ref_nll[f_idx].to(self.device) if ref_nll is not None else None
         f_loss = self.spec.forget(nll, n_tok, reference_nll=ref, beta=cfg.effective_beta(), delta=cfg.delta)
         f_val = float(f_loss.detach())
@@ -401,12 +408,12 @@ class _Runner:
         if self.use_retain:
             batch = self.io.batch([self.retain[j] for j in r_idx])
             tokens += batch["n_tokens"]
-            logits = self.io.logits(batch)
+            logits, labels = self.io.scored(batch)
             if cfg.retain_loss == "kl":
-                r_loss = kl_to_reference(logits, batch["labels"], [ref_logprobs[j] for j in r_idx])
+                r_loss = kl_to_reference(logits, labels, [ref_logprobs[j] for j in r_idx])
             else:
-                r_loss = retain_nll(*sequence_nll(logits, batch["labels"]))
-            del logits
+                r_loss = retain_nll(*sequence_nll(logits, labels))
+            del logits, labels
             r_val = float(r_loss.detach())
             if not math.isfinite(r_val):
                 self._fail(step, "retain loss", r_val)
@@ -448,6 +455,7 @@ class _Runner:
             opt.step()
             self.memory.sample()
             opt.zero_grad()
+            self._release()
             total = cfg.gamma * f_val + (cfg.retain_weight * r_val if self.use_retain else 0.0)
             losses.append(total)
             forget_losses.append(f_val)
