@@ -283,6 +283,40 @@ def test_compat_config_keeps_keys_already_there():
     assert compat_config({"model_type": "opt"}) == {"model_type": "opt"}
 
 
+def _tiny_gpt_neox():
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, max_position_embeddings=64,
+                           rope_parameters={"rope_type": "default", "rope_theta": 20000.0,
+                                            "partial_rotary_factor": 1.0})
+    return _prune_24(GPTNeoXForCausalLM(config).eval())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gpt_neox_head_is_stored_as_embed_out_like_save_pretrained(tmp_path, fmt):
+    from safetensors import safe_open
+
+    model = _tiny_gpt_neox()
+    assert "lm_head" in dict(model.named_modules())  # transformers 5's in-memory name
+    model.save_pretrained(tmp_path / "hf")
+    with safe_open(tmp_path / "hf" / "model.safetensors", "pt") as f:
+        hf_names = set(f.keys())
+    assert "embed_out.weight" in hf_names and "lm_head.weight" not in hf_names
+    out = save_model(model, None, tmp_path / fmt, format=fmt)
+    assert set(read_state_dict(out)) == hf_names
+    torch.testing.assert_close(read_state_dict(out)["embed_out.weight"], model.lm_head.weight, rtol=0, atol=0)
+    if fmt == "sparse-24-bitmask":  # the dense head is listed as dense under its checkpoint name
+        assert json.loads((out / "config.json").read_text())["quantization_config"]["sparsity_config"][
+            "ignore"] == ["embed_out"]
+    back = load_model(out)
+    assert back.config.rope_parameters == model.config.rope_parameters  # rope_theta 20000, not the 10000 default
+    ids = torch.tensor([[1, 5, 9, 200, 17]])
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, model(ids).logits)
+
+
 # ------------------------------------------------------------------------------------------- dense and sidecar
 
 
