@@ -310,6 +310,11 @@ def test_gpt_neox_head_is_stored_as_embed_out_like_save_pretrained(tmp_path, fmt
     if fmt == "sparse-24-bitmask":  # the dense head is listed as dense under its checkpoint name
         assert json.loads((out / "config.json").read_text())["quantization_config"]["sparsity_config"][
             "ignore"] == ["embed_out"]
+    converted = export_model(tmp_path / "hf", tmp_path / f"{fmt}-from-folder", format=fmt)["output"]
+    assert set(read_state_dict(converted)) == hf_names
+    if fmt == "sparse-24-bitmask":  # converting the hub-layout folder names the head the same way
+        assert json.loads((Path(converted) / "config.json").read_text())["quantization_config"][
+            "sparsity_config"]["ignore"] == ["embed_out"]
     back = load_model(out)
     assert back.config.rope_parameters == model.config.rope_parameters  # rope_theta 20000, not the 10000 default
     ids = torch.tensor([[1, 5, 9, 200, 17]])

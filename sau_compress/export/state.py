@@ -91,7 +91,8 @@ def linear_names(model: nn.Module) -> list[str]:
 
 
 def linear_names_from_config(config: dict[str, Any]) -> list[str] | None:
-    """Names of the nn.Linear modules of the model a config describes (built on the meta device).
+    """Names of the nn.Linear modules of the model a config describes (built on the meta device), as its
+    checkpoints name them (:func:`checkpoint_names`).
 
     :return: the names, or None when transformers cannot build the architecture
     """
@@ -107,7 +108,8 @@ def linear_names_from_config(config: dict[str, Any]) -> list[str] | None:
         logger.warning(f"cannot build the model from its config ({err}); treating 2-D '*.weight' tensors "
                        "of the decoder layers as Linear layers")
         return None
-    return linear_names(model)
+    _, renamed = checkpoint_names(model, dedup_state_dict(model))  # the checkpoint's names (GPT-NeoX: embed_out)
+    return [renamed.get(name, name) for name in linear_names(model)]
 
 
 def quantized_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
