@@ -10,8 +10,6 @@ same non-target tensors, and differ only in entries SAU selected, in every targe
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import transformers
@@ -89,25 +87,15 @@ def _targets(arch: str) -> set[str]:
     return {f"{prefix}.{i}.{name}" for i in range(LAYERS) for name in linears}
 
 
-@pytest.fixture()
-def data_files(tmp_path):
-    paths = {}
-    records = [dict(r, index=i) for i, r in enumerate(QA)]
-    for name, rows in (("forget", records[:2]), ("retain", records[2:])):
-        paths[name] = tmp_path / f"{name}.jsonl"
-        paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return paths
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_run_prunes_unlearns_exports_and_reloads(arch, tokenizer, data_files, tmp_path):
+def test_run_prunes_unlearns_exports_and_reloads(arch, tokenizer, qa_files, tmp_path):
     source = _build(arch, len(tokenizer))
     src_dir = tmp_path / "model"
     source.save_pretrained(src_dir)
     tokenizer.save_pretrained(src_dir)
     (tmp_path / "tiny.yaml").write_text(RECIPE)
-    common = dict(forget=str(data_files["forget"]), retain=str(data_files["retain"]))
+    common = dict(forget=str(qa_files["forget"]), retain=str(qa_files["retain"]))
 
     summary = run(src_dir, tmp_path / "tiny.yaml", tmp_path / "sau", overrides=["max_steps=2"], eval_limit=1,
                   max_new_tokens=2, **common)
