@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import struct
@@ -230,6 +231,95 @@ def test_config_readable_by_transformers_4_with_rope_scaling(tmp_path):
     assert written["rope_scaling"]["rope_type"] == "llama3" and written["rope_scaling"]["factor"] == 8.0
     # transformers 5 reads the same rope parameters back from the file with both spellings
     assert AutoConfig.from_pretrained(out).rope_parameters == model.config.rope_parameters
+
+
+#: (model_type, rope_parameters) -> the keys transformers 4.57 reads, as compat_config must write them
+V4_ROPE_CASES = [
+    ("phi3", {"rope_type": "default", "rope_theta": 250000.0, "partial_rotary_factor": 0.5},
+     {"rope_theta": 250000.0, "partial_rotary_factor": 0.5, "rope_scaling": None}),
+    ("phi3", {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+              "partial_rotary_factor": 1.0, "original_max_position_embeddings": 16},
+     {"rope_theta": 10000.0, "partial_rotary_factor": 1.0,
+      "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}}),
+    ("gpt_neox", {"rope_type": "default", "rope_theta": 20000.0, "partial_rotary_factor": 1.0},
+     {"rotary_emb_base": 20000.0, "rotary_pct": 1.0, "rope_scaling": None}),
+    ("gemma3_text", {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 500000.0},
+                     "sliding_attention": {"rope_type": "default", "rope_theta": 20000.0}},
+     {"rope_theta": 500000.0, "rope_local_base_freq": 20000.0, "rope_scaling": {"factor": 8.0, "rope_type": "linear"}}),
+    ("qwen2", {"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0, "original_max_position_embeddings": 16},
+     {"rope_theta": 1000000.0, "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                                                 "original_max_position_embeddings": 16}}),
+    ("qwen3", {"rope_type": "default", "rope_theta": 1000000.0}, {"rope_theta": 1000000.0, "rope_scaling": None}),
+]
+
+
+@pytest.mark.parametrize(("model_type", "rope", "v4"), V4_ROPE_CASES, ids=[c[0] + "-" + str(i)
+                                                                           for i, c in enumerate(V4_ROPE_CASES)])
+def test_compat_config_writes_rope_for_transformers_4_and_5_reads_it_back(tmp_path, model_type, rope, v4):
+    from transformers import AutoConfig
+
+    from sau_compress.export.config import compat_config
+
+    source = AutoConfig.for_model(model_type, vocab_size=64, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64,
+                                  rope_parameters=copy.deepcopy(rope))
+    written = compat_config(source.to_dict())
+    added = {k: v for k, v in written.items() if k not in source.to_dict()}
+    assert added == v4 | {"torch_dtype": written["dtype"]}
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    back = AutoConfig.from_pretrained(tmp_path).rope_parameters
+    if model_type == "phi3" and rope["rope_type"] == "longrope":
+        assert back.pop("type") == "longrope"  # 4.57's spelling of rope_type, kept by 5.x (same meaning)
+    assert back == source.rope_parameters
+
+
+def test_compat_config_keeps_keys_already_there():
+    from sau_compress.export.config import compat_config
+
+    config = {"model_type": "llama", "dtype": "bfloat16", "torch_dtype": "float16", "rope_theta": 7.0,
+              "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+              "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
+    assert compat_config(config) == config
+    assert compat_config({"model_type": "opt"}) == {"model_type": "opt"}
+
+
+def _tiny_gpt_neox():
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, max_position_embeddings=64,
+                           rope_parameters={"rope_type": "default", "rope_theta": 20000.0,
+                                            "partial_rotary_factor": 1.0})
+    return _prune_24(GPTNeoXForCausalLM(config).eval())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gpt_neox_head_is_stored_as_embed_out_like_save_pretrained(tmp_path, fmt):
+    from safetensors import safe_open
+
+    model = _tiny_gpt_neox()
+    assert "lm_head" in dict(model.named_modules())  # transformers 5's in-memory name
+    model.save_pretrained(tmp_path / "hf")
+    with safe_open(tmp_path / "hf" / "model.safetensors", "pt") as f:
+        hf_names = set(f.keys())
+    assert "embed_out.weight" in hf_names and "lm_head.weight" not in hf_names
+    out = save_model(model, None, tmp_path / fmt, format=fmt)
+    assert set(read_state_dict(out)) == hf_names
+    torch.testing.assert_close(read_state_dict(out)["embed_out.weight"], model.lm_head.weight, rtol=0, atol=0)
+    if fmt == "sparse-24-bitmask":  # the dense head is listed as dense under its checkpoint name
+        assert json.loads((out / "config.json").read_text())["quantization_config"]["sparsity_config"][
+            "ignore"] == ["embed_out"]
+    converted = export_model(tmp_path / "hf", tmp_path / f"{fmt}-from-folder", format=fmt)["output"]
+    assert set(read_state_dict(converted)) == hf_names
+    if fmt == "sparse-24-bitmask":  # converting the hub-layout folder names the head the same way
+        assert json.loads((Path(converted) / "config.json").read_text())["quantization_config"][
+            "sparsity_config"]["ignore"] == ["embed_out"]
+    back = load_model(out)
+    assert back.config.rope_parameters == model.config.rope_parameters  # rope_theta 20000, not the 10000 default
+    ids = torch.tensor([[1, 5, 9, 200, 17]])
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, model(ids).logits)
 
 
 # ------------------------------------------------------------------------------------------- dense and sidecar

@@ -124,6 +124,67 @@ def test_compressed_tensors_0_14_reads_our_sparse_24_bitmask_bit_exact(tmp_path)
         torch.testing.assert_close(logits, expected, rtol=tol, atol=tol)
 
 
+def _prune_24_(model: torch.nn.Module) -> torch.nn.Module:
+    """Keep the 2 largest |w| of every group of 4 in each decoder Linear."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and ".layers." in name:
+                rows, cols = module.weight.shape
+                keep = module.weight.abs().view(rows, cols // 4, 4).topk(2, dim=-1).indices
+                mask = torch.zeros(rows, cols // 4, 4, dtype=torch.bool).scatter_(-1, keep, True)
+                module.weight.masked_fill_(~mask.view(rows, cols), 0)
+    return model
+
+
+#: architectures whose RoPE settings transformers 4.57 reads under other keys than 5.x writes, each with
+#: settings other than 4.57's defaults (a lost setting changes the logits)
+ROPE_MODELS = {
+    "phi3": ("Phi3", {"rope_parameters": {"rope_type": "default", "rope_theta": 250000.0,
+                                          "partial_rotary_factor": 0.5}}),
+    "gpt_neox": ("GPTNeoX", {"rope_parameters": {"rope_type": "default", "rope_theta": 20000.0,
+                                                 "partial_rotary_factor": 1.0}}),
+    "gemma3": ("Gemma3", {"head_dim": 16, "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"],
+                          "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0,
+                                                                 "rope_theta": 500000.0},
+                                              "sliding_attention": {"rope_type": "default", "rope_theta": 20000.0}}}),
+    "qwen3": ("Qwen3", {"head_dim": 16, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}}),
+}
+
+
+@pytest.mark.slow
+def test_transformers_4_57_reads_the_rope_settings_of_other_architectures(tmp_path):
+    """Phi-3's partial rotary factor, GPT-NeoX's base and rotary share, Gemma 3's scaled full and local
+    RoPE reach the reader: it computes our logits."""
+    import transformers
+
+    python = _reader_python()
+    models, jobs = {}, []
+    for name, (prefix, extra) in ROPE_MODELS.items():
+        fields = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+                      pad_token_id=0, **extra)
+        if name != "gpt_neox":
+            fields["num_key_value_heads"] = 2
+        config_cls = getattr(transformers, f"{prefix}TextConfig" if name == "gemma3" else f"{prefix}Config")
+        torch.manual_seed(0)
+        model = _prune_24_(getattr(transformers, f"{prefix}ForCausalLM")(config_cls(**fields)).eval())
+        folder = save_model(model, None, tmp_path / name, format="sparse-24-bitmask")
+        models[name] = model
+        jobs.append({"folder": str(folder), "dtype": "float32", "out": str(tmp_path / f"{name}.reader.safetensors")})
+
+    proc = subprocess.run(
+        [python, "-c", READER, json.dumps(jobs), json.dumps(INPUT_IDS)],
+        check=False, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for job in jobs:
+        name = Path(job["folder"]).name
+        theirs = load_file(job["out"])
+        with torch.no_grad():
+            expected = models[name](input_ids=torch.tensor(INPUT_IDS)).logits.float()
+        torch.testing.assert_close(theirs["__logits__"], expected, rtol=1e-5, atol=1e-5, msg=name)
+
+
 def test_reader_env_script_is_pinned():
     """The reader environment never pulls an unpinned torch, and pins the last sparse-capable releases."""
     text = SCRIPT.read_text()

@@ -101,21 +101,54 @@ def source_format(config: dict[str, Any], folder: Path) -> str | None:
     return fmt
 
 
+#: keys transformers 4.57 reads at the top level of ``config.json`` under another name than 5.x's, per model type
+_V4_NAMES = {"gpt_neox": {"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"}}
+#: the only ``rope_scaling`` fields transformers 4.57's config of a model type accepts (Phi-3 validates them)
+_V4_SCALING_FIELDS = {"phi3": ("short_factor", "long_factor")}
+
+
+def _v4_rope(out: dict[str, Any], rope: dict[str, Any], model_type: str | None) -> None:
+    """Write one flat ``rope_parameters`` dict as 4.57's top-level ``rope_theta``, ``partial_rotary_factor``
+    (each under its 4.57 name) and ``rope_scaling`` (``None`` for plain RoPE); keys already there win."""
+    names = _V4_NAMES.get(model_type or "", {})
+    for key in ("rope_theta", "partial_rotary_factor"):
+        if key in rope:
+            out.setdefault(names.get(key, key), rope[key])
+    if "rope_scaling" in out:
+        return
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor", "type")}
+    scaling["rope_type"] = rope_type
+    if rope_type == "default" and len(scaling) == 1:
+        out["rope_scaling"] = None
+    elif model_type in _V4_SCALING_FIELDS:
+        fields = _V4_SCALING_FIELDS[model_type]
+        out["rope_scaling"] = {"type": rope_type, **{k: scaling[k] for k in fields if k in scaling}}
+    else:
+        out["rope_scaling"] = scaling
+
+
 def compat_config(config: dict[str, Any]) -> dict[str, Any]:
     """Add the keys transformers 4.x reads next to the 5.x ones, so both versions load the same config.
 
     transformers 5 writes ``dtype`` and ``rope_parameters``; 4.57 (the compressed-tensors 0.14 reader's
-    transformers, and vLLM <= 0.18.1's) reads ``torch_dtype``, ``rope_theta`` and ``rope_scaling`` and would
-    silently fall back to defaults (rope_theta 10000) without them.
+    transformers, and vLLM <= 0.18.1's) reads ``torch_dtype``, ``rope_theta``, ``partial_rotary_factor`` and
+    ``rope_scaling`` (GPT-NeoX: ``rotary_emb_base`` and ``rotary_pct``; Phi-3: a ``rope_scaling`` of only
+    ``type``/``short_factor``/``long_factor``) and would silently fall back to defaults (rope_theta 10000)
+    without them. Gemma 3's per-attention-type ``rope_parameters`` become 4.57's ``rope_theta`` and
+    ``rope_scaling`` (full attention) and ``rope_local_base_freq`` (sliding attention). transformers 5 reads
+    the result back to the same ``rope_parameters``.
     """
     out = dict(config)
     if "dtype" in out and "torch_dtype" not in out:
         out["torch_dtype"] = out["dtype"]
     rope = out.get("rope_parameters")
+    model_type = out.get("model_type")
     if isinstance(rope, dict) and "rope_theta" in rope:
-        out.setdefault("rope_theta", rope["rope_theta"])
-        if "rope_scaling" not in out:
-            rope_type = rope.get("rope_type", rope.get("type", "default"))
-            extra = {k: v for k, v in rope.items() if k != "rope_theta"}
-            out["rope_scaling"] = None if rope_type == "default" and len(extra) <= 1 else extra
+        _v4_rope(out, rope, model_type)
+    elif isinstance(rope, dict) and isinstance(rope.get("full_attention"), dict):  # Gemma 3
+        _v4_rope(out, rope["full_attention"], model_type)
+        local = rope.get("sliding_attention")
+        if isinstance(local, dict) and "rope_theta" in local:
+            out.setdefault("rope_local_base_freq", local["rope_theta"])
     return out

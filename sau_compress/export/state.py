@@ -15,6 +15,7 @@ from sau_compress.export.config import QUANT_METHOD
 
 __all__ = [
     "COMPRESSED_SUFFIXES",
+    "checkpoint_names",
     "compressed_prefixes",
     "dedup_state_dict",
     "linear_names",
@@ -48,13 +49,50 @@ def dedup_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: out[name] for name in state if name in out}
 
 
+def checkpoint_names(
+    model: nn.Module, state: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``state`` under the names ``save_pretrained`` writes, and the module names that changed.
+
+    transformers 5 renames some weights in memory and back on save (GPT-NeoX's head is ``lm_head`` in memory,
+    ``embed_out.weight`` in every checkpoint); a checkpoint under the in-memory names fails in transformers
+    4.x and in readers of the hub's layout. Renamings only: when transformers would also merge or split
+    tensors on save, ``state`` is returned as it is.
+
+    :return: the renamed state dict (the same tensors) and ``{in-memory module name: checkpoint module name}``
+    """
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4.x keeps one set of names
+        return state, {}
+    reverted = revert_weight_conversion(model, dict(state))
+    source = {id(tensor): name for name, tensor in state.items()}
+    if len(reverted) != len(state) or any(id(t) not in source for t in reverted.values()):
+        logger.warning(f"{type(model).__name__}: transformers converts tensors on save; the checkpoint keeps "
+                       "the in-memory tensor names")
+        return state, {}
+    renamed: dict[str, str] = {}
+    for new_name, tensor in reverted.items():
+        old_name = source[id(tensor)]
+        if old_name != new_name:
+            old_module, _, old_param = old_name.rpartition(".")
+            new_module, _, new_param = new_name.rpartition(".")
+            if old_param == new_param:
+                renamed[old_module] = new_module
+    if renamed:
+        logger.debug(f"checkpoint names: {renamed}")
+    order = {name: i for i, name in enumerate(state)}
+    return dict(sorted(reverted.items(), key=lambda kv: order[source[id(kv[1])]])), renamed
+
+
 def linear_names(model: nn.Module) -> list[str]:
     """Names of the ``nn.Linear`` modules of ``model``, in module order."""
     return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
 
 
 def linear_names_from_config(config: dict[str, Any]) -> list[str] | None:
-    """Names of the nn.Linear modules of the model a config describes (built on the meta device).
+    """Names of the nn.Linear modules of the model a config describes (built on the meta device), as its
+    checkpoints name them (:func:`checkpoint_names`).
 
     :return: the names, or None when transformers cannot build the architecture
     """
@@ -70,7 +108,8 @@ def linear_names_from_config(config: dict[str, Any]) -> list[str] | None:
         logger.warning(f"cannot build the model from its config ({err}); treating 2-D '*.weight' tensors "
                        "of the decoder layers as Linear layers")
         return None
-    return linear_names(model)
+    _, renamed = checkpoint_names(model, dedup_state_dict(model))  # the checkpoint's names (GPT-NeoX: embed_out)
+    return [renamed.get(name, name) for name in linear_names(model)]
 
 
 def quantized_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:

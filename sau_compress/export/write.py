@@ -35,7 +35,13 @@ from sau_compress.export.convert import convert
 from sau_compress.export.files import INDEX_NAME, checkpoint_files, read_json, write_tensors
 from sau_compress.export.metadata import SIDECAR_NAME, build_sidecar, jsonable, read_metadata_file, read_sidecar
 from sau_compress.export.read import read_state_dict
-from sau_compress.export.state import dedup_state_dict, linear_names, linear_names_from_config, quantized_state
+from sau_compress.export.state import (
+    checkpoint_names,
+    dedup_state_dict,
+    linear_names,
+    linear_names_from_config,
+    quantized_state,
+)
 from sau_compress.io import atomic_output_dir
 
 __all__ = ["export_checkpoint", "export_model", "save_model"]
@@ -144,9 +150,11 @@ def save_model(
         config["quantization_config"] = qc
     else:
         state = dedup_state_dict(model)
+    state, renamed = checkpoint_names(model, state)
     state = {k: v.detach().cpu() for k, v in state.items()}
+    linear = [renamed.get(name, name) for name in linear_names(model)]
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
-        _write(tmp, state, config, linear_names(model), format, metadata,
+        _write(tmp, state, config, linear, format, metadata,
                source=getattr(model, "name_or_path", None) or None, max_shard_bytes=max_shard_bytes)
         generation_config = getattr(model, "generation_config", None)
         if generation_config is not None:
