@@ -24,6 +24,16 @@ QA = [
 ]
 
 
+#: SparseGPT 2:4 then SAU for a few steps: the recipe of the end-to-end tests
+TINY_RECIPE = """# test: SparseGPT 2:4 then SAU, a few steps
+sparsity_stage:
+  sparsity_modifiers:
+    SparseGPTModifier: {sparsity: 0.5, mask_structure: "2:4", ignore: ["re:.*lm_head"]}
+unlearn_stage:
+  unlearn_modifiers:
+    SparsityAwareUnlearningModifier: {max_steps: 3, batch_size: 2, learning_rate: 3.0e-3, progress: false}
+"""
+
 @pytest.fixture(scope="session")
 def qa_records() -> list[dict]:
     """Six QA records in TOFU's schema (question/answer), with an index."""
@@ -112,3 +122,12 @@ def toy_world():
     from sau_compress.worlds import build_toy_world
 
     return build_toy_world()
+
+
+@pytest.fixture(scope="module")
+def qa_items(request):
+    """The QA records tokenized for unlearning (plain format), with the tokenizer's pad id."""
+    from sau_compress.data import tokenize_records
+
+    tokenizer = request.getfixturevalue("tokenizer")
+    return tokenize_records(tokenizer, request.getfixturevalue("qa_records")), tokenizer.pad_token_id

@@ -14,21 +14,13 @@ import pytest
 import torch
 import transformers
 
-from conftest import QA
+from conftest import QA, TINY_RECIPE
 from sau_compress.export import load_model, read_state_dict
 from sau_compress.masking import is_2of4, sparsity
 from sau_compress.pipeline import run
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, FFN = 64, 2, 4, 2, 16, 128
 SLIDING = 16  # shorter than a prompt+answer, so the sliding-window masks are exercised
-RECIPE = """# test: SparseGPT 2:4 then SAU
-sparsity_stage:
-  sparsity_modifiers:
-    SparseGPTModifier: {sparsity: 0.5, mask_structure: "2:4", ignore: ["re:.*lm_head"]}
-unlearn_stage:
-  unlearn_modifiers:
-    SparsityAwareUnlearningModifier: {max_steps: 3, batch_size: 2, learning_rate: 3.0e-3, progress: false}
-"""
 #: what the exporter adds to config.json for transformers 4.57 next to dtype and rope_parameters
 V4_KEYS = {"dtype", "torch_dtype", "rope_theta", "rope_scaling", "partial_rotary_factor", "rope_local_base_freq",
            "rotary_emb_base", "rotary_pct"}
@@ -94,7 +86,7 @@ def test_run_prunes_unlearns_exports_and_reloads(arch, tokenizer, qa_files, tmp_
     src_dir = tmp_path / "model"
     source.save_pretrained(src_dir)
     tokenizer.save_pretrained(src_dir)
-    (tmp_path / "tiny.yaml").write_text(RECIPE)
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
     common = dict(forget=str(qa_files["forget"]), retain=str(qa_files["retain"]))
 
     summary = run(src_dir, tmp_path / "tiny.yaml", tmp_path / "sau", overrides=["max_steps=2"], eval_limit=1,

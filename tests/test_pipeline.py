@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_chat_tokenizer, make_tiny_llama
+from conftest import TINY_RECIPE, make_chat_tokenizer, make_tiny_llama
 from sau_compress.cli.app import app
 from sau_compress.io import OutputExistsError
 from sau_compress.magnitude import OneShotMagnitudePruningModifier
@@ -34,14 +34,6 @@ BUNDLED = [
     "sparsegpt-2of4-sau-npo",
     "wanda-50-sau-graddiff",
 ]
-TINY_RECIPE = """# test: SparseGPT 2:4 then SAU, a few steps
-sparsity_stage:
-  sparsity_modifiers:
-    SparseGPTModifier: {sparsity: 0.5, mask_structure: "2:4", ignore: ["re:.*lm_head"]}
-unlearn_stage:
-  unlearn_modifiers:
-    SparsityAwareUnlearningModifier: {max_steps: 3, batch_size: 2, learning_rate: 3.0e-3, progress: false}
-"""
 
 
 def _folder_hash(folder: Path) -> str:

@@ -7,16 +7,13 @@ import copy
 import pytest
 import torch
 
-from sau_compress.data import tokenize_records
 from sau_compress.masking import prune_by_magnitude_, resolve_targets
 from sau_compress.unlearn import UnlearnConfig, unlearn
 
 
 @pytest.fixture(scope="module")
-def items(request):
-    tokenizer = request.getfixturevalue("tokenizer")
-    records = request.getfixturevalue("qa_records")
-    return tokenize_records(tokenizer, records), tokenizer.pad_token_id
+def items(qa_items):
+    return qa_items
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from sau_compress.data import tokenize_records
 from sau_compress.errors import UserError
 from sau_compress.masking import capture_masks, prune_by_magnitude_, resolve_targets
 from sau_compress.selection import selection_mask
@@ -24,10 +23,8 @@ def pruned(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def items(request):
-    tokenizer = request.getfixturevalue("tokenizer")
-    records = request.getfixturevalue("qa_records")
-    return tokenize_records(tokenizer, records), tokenizer.pad_token_id
+def items(qa_items):
+    return qa_items
 
 
 def _weights(model) -> dict[str, torch.Tensor]:

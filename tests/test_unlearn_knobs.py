@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from sau_compress.data import collate, tokenize_records
+from sau_compress.data import collate
 from sau_compress.errors import UserError
 from sau_compress.losses import retain_nll, sequence_nll
 from sau_compress.masking import capture_masks, prune_by_magnitude_, resolve_targets
@@ -16,10 +16,8 @@ from sau_compress.unlearn import UnlearnConfig, unlearn
 
 
 @pytest.fixture(scope="module")
-def items(request):
-    tokenizer = request.getfixturevalue("tokenizer")
-    records = request.getfixturevalue("qa_records")
-    return tokenize_records(tokenizer, records), tokenizer.pad_token_id
+def items(qa_items):
+    return qa_items
 
 
 @pytest.fixture()
