@@ -174,7 +174,7 @@ def test_run_end_to_end_leaves_the_input_untouched(tiny_model_dir, tiny_recipe, 
     from sau_compress.export import load_model
 
     # one forget set through the whole path: each file read once, masks captured once, verified once
-    calls: dict[str, list] = {"load_qa": [], "capture_masks": [], "verify_masks": []}
+    calls: dict[str, list] = {"load_qa": [], "capture_packed_masks": [], "verify_masks": []}
 
     def counted(module, name):
         real = getattr(module, name)
@@ -186,7 +186,7 @@ def test_run_end_to_end_leaves_the_input_untouched(tiny_model_dir, tiny_recipe, 
         monkeypatch.setattr(module, name, wrapper)
 
     counted(sau_compress.data, "load_qa")
-    counted(sau_compress.unlearn.loop, "capture_masks")
+    counted(sau_compress.unlearn.loop, "capture_packed_masks")
     counted(sau_compress.unlearn.loop, "verify_masks")
     digest = _folder_hash(tiny_model_dir)
     out = tmp_path / "out"
@@ -201,7 +201,7 @@ def test_run_end_to_end_leaves_the_input_untouched(tiny_model_dir, tiny_recipe, 
     )
     assert _folder_hash(tiny_model_dir) == digest
     assert sorted(calls["load_qa"]) == sorted([str(qa_files["forget"]), str(qa_files["retain"])])
-    assert calls["capture_masks"] == [1] and calls["verify_masks"] == [1]
+    assert calls["capture_packed_masks"] == [1] and calls["verify_masks"] == [1]
     assert summary["output"] == str(out.absolute()) and summary["format"] == "sparse-24-bitmask"
     assert summary["modifiers"] == ["SparseGPTModifier", SAU_MODIFIER]
     assert summary["pattern_preserved"] is True and summary["two_four"] is True and summary["sparsity"] == 0.5
