@@ -56,6 +56,9 @@ from sau_compress.unlearn.config import UnlearnConfig, UnlearnResult
 
 __all__ = ["unlearn"]
 
+#: seconds between two hand-backs of the CPU heap's free pages during training
+RELEASE_EVERY = 5.0
+
 
 def _pick_device(requested: str | None) -> torch.device:
     if requested is None:
@@ -208,12 +211,18 @@ class _Runner:
         self.io = Batcher(model, device, pad_token_id, config.autocast)
         self.opt: UnlearningOptimizer | None = None
         self.selected: dict[str, torch.Tensor] = {}
+        self._released = time.perf_counter()
 
-    def _release(self) -> None:
+    def _release(self, force: bool = True) -> None:
         """On the CPU, give the heap's free pages back between phases and steps (see
-        :func:`sau_compress.memory.release_free_memory`); CUDA's caching allocator needs nothing."""
-        if self.device.type == "cpu":
+        :func:`sau_compress.memory.release_free_memory`); CUDA's caching allocator needs nothing. A release
+        takes 10-250 ms, so between steps it happens at most once every :data:`RELEASE_EVERY` seconds."""
+        if self.device.type != "cpu":
+            return
+        now = time.perf_counter()
+        if force or now - self._released >= RELEASE_EVERY:
             release_free_memory()
+            self._released = time.perf_counter()
 
     def close(self) -> None:
         if self.opt is not None:
@@ -455,7 +464,7 @@ class _Runner:
             opt.step()
             self.memory.sample()
             opt.zero_grad()
-            self._release()
+            self._release(force=False)
             total = cfg.gamma * f_val + (cfg.retain_weight * r_val if self.use_retain else 0.0)
             losses.append(total)
             forget_losses.append(f_val)
