@@ -266,10 +266,6 @@ class ScaledOptimizer:
                 return slot.master
         raise KeyError(name)
 
-    def grad_bytes(self) -> int:
-        """Bytes of gradients currently held (compact buffers and full ``.grad`` tensors)."""
-        return sum(nbytes(slot.grad) + nbytes(slot.param.grad) for slot in self.slots)
-
     # ---- step
 
     def set_lr(self, lr: float) -> None:
