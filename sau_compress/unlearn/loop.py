@@ -56,8 +56,8 @@ from sau_compress.unlearn.config import UnlearnConfig, UnlearnResult
 
 __all__ = ["unlearn"]
 
-#: seconds between two hand-backs of the CPU heap's free pages during training
-RELEASE_EVERY = 5.0
+#: the share of run time the hand-backs of the CPU heap's free pages may take (each costs 1-250 ms)
+RELEASE_OVERHEAD = 0.05
 
 
 def _pick_device(requested: str | None) -> torch.device:
@@ -212,17 +212,20 @@ class _Runner:
         self.opt: UnlearningOptimizer | None = None
         self.selected: dict[str, torch.Tensor] = {}
         self._released = time.perf_counter()
+        self._release_cost = 0.0
 
     def _release(self, force: bool = True) -> None:
-        """On the CPU, give the heap's free pages back between phases and steps (see
-        :func:`sau_compress.memory.release_free_memory`); CUDA's caching allocator needs nothing. A release
-        takes 10-250 ms, so between steps it happens at most once every :data:`RELEASE_EVERY` seconds."""
+        """On the CPU, give the heap's free pages back (see :func:`sau_compress.memory.release_free_memory`):
+        after a forward pass, glibc keeps the freed activations of every checkpointed layer resident, and
+        the backward pass then peaks on top of them. CUDA's caching allocator needs nothing. Unless forced,
+        a release waits until :data:`RELEASE_OVERHEAD` of the time since the last one covers its cost."""
         if self.device.type != "cpu":
             return
         now = time.perf_counter()
-        if force or now - self._released >= RELEASE_EVERY:
+        if force or (now - self._released) * RELEASE_OVERHEAD >= self._release_cost:
             release_free_memory()
             self._released = time.perf_counter()
+            self._release_cost = self._released - now
 
     def close(self) -> None:
         if self.opt is not None:
@@ -361,7 +364,10 @@ class _Runner:
 
         def forget_nll(idx: list[int]) -> torch.Tensor:
             batch = self.io.batch([self.forget[i] for i in idx])
-            return retain_nll(*sequence_nll(*self.io.scored(batch)))
+            loss = retain_nll(*sequence_nll(*self.io.scored(batch)))
+            self.memory.sample()
+            self._release(force=False)  # before the backward pass (see _release)
+            return loss
 
         fisher = compute_fisher(self.params, batches, forget_nll, total=len(batches), desc="saliency",
                                 progress=cfg.progress, masks=masks)
@@ -411,8 +417,12 @@ class _Runner:
         f_val = float(f_loss.detach())
         if not math.isfinite(f_val):
             self._fail(step, "forget loss", f_val)
+        self.memory.sample()
+        self._release(force=False)
         (f_loss * (cfg.gamma * weight)).backward()
         del f_loss, nll, batch
+        self.memory.sample()
+        self._release(force=False)
         r_val = 0.0
         if self.use_retain:
             batch = self.io.batch([self.retain[j] for j in r_idx])
@@ -426,6 +436,8 @@ class _Runner:
             r_val = float(r_loss.detach())
             if not math.isfinite(r_val):
                 self._fail(step, "retain loss", r_val)
+            self.memory.sample()
+            self._release(force=False)
             (r_loss * (cfg.retain_weight * weight)).backward()
         self.memory.sample()
         return f_val, r_val, tokens
