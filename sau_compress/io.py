@@ -45,12 +45,32 @@ def check_writable_parent(path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _ordinary_permissions(root: Path) -> None:
+    """Give a finished output the permissions a plain ``mkdir``/``open`` would have given it (0755 folders and
+    0644 files under umask 022): ``mkdtemp`` and some writers create 0700/0600, which another account (a
+    serving user) cannot read."""
+    mask = _current_umask()
+    for folder, _dirs, files in os.walk(root):
+        os.chmod(folder, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 @contextmanager
 def atomic_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success rename it to ``path``.
 
     On error the temporary folder is removed and ``path`` is left as it was. With ``overwrite`` an existing
-    ``path`` is replaced only after the new content is complete.
+    ``path`` is replaced only after the new content is complete. The finished folder gets ordinary
+    permissions (0755 folders, 0644 files under umask 022), not ``mkdtemp``'s 0700.
 
     :param path: final output folder
     :param overwrite: replace an existing folder
@@ -62,6 +82,7 @@ def atomic_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        _ordinary_permissions(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

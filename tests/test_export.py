@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -667,3 +668,19 @@ def test_dense_export_of_fp8_model_matches_llmcompressor(tmp_path, tiny_model_di
     # a quantized folder exports to dense file-to-file, quantization kept
     again = export_checkpoint(tmp_path / "ref", tmp_path / "again", format="dense")
     assert json.loads((again / "config.json").read_text())["quantization_config"] == qc
+
+
+@pytest.mark.parametrize("fmt", ["dense", "sparse-24-bitmask"])
+def test_exports_are_readable_by_other_accounts(tmp_path, fmt):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = save_model(_model(), None, tmp_path / "out", format=fmt)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    assert files and {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == dict.fromkeys(
+        (p.name for p in files), 0o644
+    )
