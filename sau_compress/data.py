@@ -266,23 +266,44 @@ def collate(batch: Sequence[dict[str, Any]], pad_token_id: int = 0) -> dict[str,
     return out
 
 
-def _read_json_records(path: Path) -> list[QARecord]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-        return rows
-    data = json.loads(text)
+def _read_json_lines(path: Path, text: str) -> tuple[list[QARecord], list[str]]:
+    rows, where = [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+            where.append(f"line {lineno}")
+    return rows, where
+
+
+def _read_json_records(path: Path) -> tuple[list[QARecord], list[str] | None]:
+    """Records of a JSON file (a list, ``{"data": [...]}``, or JSON Lines, whatever the suffix says, as
+    ``datasets.Dataset.to_json`` writes JSON Lines into ``.json`` files), and for JSON Lines the line of each
+    record (1-based), for messages."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte offset {err.start}: {err.reason})") from err
+    if path.suffix.lower() == ".jsonl":
+        return _read_json_lines(path, text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # one JSON value per line
+            return _read_json_lines(path, text)
+        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
     if isinstance(data, dict) and "data" in data:
         data = data["data"]
     if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
-    return data
+        raise UserError(f"{path}: expected a JSON list of records (or {{'data': [...]}}, or JSON Lines)")
+    return data, None
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``save_to_disk`` (a Dataset or a DatasetDict)."""
+    return any((folder / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
 
 
 def load_qa(
@@ -292,7 +313,9 @@ def load_qa(
     split: str | None = None,
     limit: int | None = None,
 ) -> list[QARecord]:
-    """Load QA records from a JSON/JSONL/parquet file, a saved ``datasets`` folder, or a hub dataset name.
+    """Load QA records from a JSON/JSONL/parquet file (JSON Lines in a ``.json`` file too, suffixes in any
+    case), a saved ``datasets`` folder, a folder of data files in the hub's layout (``data/train-*.parquet``),
+    or a hub dataset name.
 
     Records keep every field (TOFU's ``paraphrased_answer`` and ``perturbed_answer`` included) and gain
     ``question``/``answer`` under the standard names and an ``index`` (row number) when they have none.
@@ -306,10 +329,12 @@ def load_qa(
     :raises UserError: a record without the question or answer field, an unreadable file, an empty set
     """
     path = Path(source).expanduser()
+    lines: list[str] | None = None
     if path.is_file():
-        if path.suffix in (".json", ".jsonl"):
-            rows = _read_json_records(path)
-        elif path.suffix == ".parquet":
+        suffix = path.suffix.lower()
+        if suffix in (".json", ".jsonl"):
+            rows, lines = _read_json_records(path)
+        elif suffix == ".parquet":
             import datasets
 
             rows = list(datasets.Dataset.from_parquet(str(path)))
@@ -318,9 +343,18 @@ def load_qa(
     elif path.is_dir():
         import datasets
 
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split or "train"]
+        if _is_saved_dataset(path):
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[split or "train"]
+        else:  # a hub-layout folder (data/train-00000-of-00001.parquet, ...) read by datasets' file builders
+            try:
+                ds = datasets.load_dataset(str(path), split=split or "train")
+            except (FileNotFoundError, ValueError) as err:
+                raise UserError(
+                    f"{path}: neither a saved datasets folder (save_to_disk) nor a folder of data files "
+                    f"datasets can read ({type(err).__name__}: {str(err).splitlines()[0]})"
+                ) from err
         rows = list(ds)
     elif str(source).count("/") == 1 and not str(source).startswith((".", "/", "~")) and not path.suffix:
         import datasets
@@ -336,11 +370,13 @@ def load_qa(
         raise UserError(f"QA set '{source}' is empty")
     out = []
     for i, row in enumerate(rows):
+        # 1-based, as editors count: the line of a JSON Lines file, else the record's position
+        where = lines[i] if lines is not None else f"record {i + 1}"
         if not isinstance(row, dict):
-            raise UserError(f"{source}: record {i} is not an object")
+            raise UserError(f"{source}: {where} is not an object")
         for key in (question_key, answer_key):
             if key not in row:
-                raise UserError(f"{source}: record {i} has no field '{key}' (fields: {sorted(row)})")
+                raise UserError(f"{source}: {where} has no field '{key}' (fields: {sorted(row)})")
         rec = dict(row)
         rec["question"] = row[question_key]
         rec["answer"] = row[answer_key]
