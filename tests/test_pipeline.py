@@ -222,6 +222,32 @@ def test_run_end_to_end_leaves_the_input_untouched(tiny_model_dir, tiny_recipe, 
     assert sidecar["metadata"]["run"]["prompt_format"] == "plain"
 
 
+def test_our_sparse_export_is_a_valid_input_to_a_sau_only_recipe(tiny_model_dir, tiny_recipe, qa_files, tmp_path):
+    from sau_compress.export import load_model
+
+    sets = {"forget": str(qa_files["forget"]), "retain": str(qa_files["retain"])}
+    first = tmp_path / "first"
+    run(tiny_model_dir, tiny_recipe, first, **sets, overrides=["max_steps=1"], evaluate=False)
+    loaded = load_model(first)
+    assert loaded.name_or_path == str(first) and loaded.config.name_or_path == str(first)  # not None
+    sau_only = tmp_path / "sau-only.yaml"
+    sau_only.write_text(
+        "unlearn_stage:\n  unlearn_modifiers:\n    SparsityAwareUnlearningModifier: "
+        "{max_steps: 2, batch_size: 2, learning_rate: 3.0e-3, progress: false}\n"
+    )
+    second = tmp_path / "second"
+    summary = run(first, sau_only, second, **sets, evaluate=False)
+    assert summary["modifiers"] == [SAU_MODIFIER] and summary["format"] == "sparse-24-bitmask"
+    assert summary["pattern_preserved"] is True and summary["unlearn"]["steps"] == 2
+    before, after = load_model(first), load_model(second)
+    changed = 0
+    for (name, a), (_, b) in zip(before.named_parameters(), after.named_parameters(), strict=True):
+        if ".layers." in name and name.endswith("proj.weight"):
+            assert torch.equal(a != 0, b != 0), name  # the 2:4 pattern is kept exactly
+            changed += int((a != b).sum())
+    assert changed > 0
+
+
 def test_run_on_the_toy_world_records_the_resolved_prompt_format(toy_world, tmp_path):
     from transformers import AutoTokenizer
 

@@ -114,4 +114,7 @@ def load_model(path: str | os.PathLike[str], torch_dtype: torch.dtype | str | No
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise CorruptCheckpointError(f"{folder}: tensors missing from the checkpoint: {missing[:8]}")
+    # built from a state dict, the model would otherwise be named None (llmcompressor then asks the hub for it)
+    model.config.name_or_path = str(folder)
+    model.name_or_path = str(folder)
     return model.eval()
