@@ -401,6 +401,18 @@ class _Runner:
             "Lower learning_rate, set max_grad_norm, or check the data"
         )
 
+    def _checked_backward(self, step: int, what: str, loss: torch.Tensor, scale: float) -> float:
+        """Check a loss value (NaN/inf stops before anything is applied), then back-propagate ``scale * loss``
+        with the forward pass's freed memory handed back first; return the value."""
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            self._fail(step, what, value)
+        self.memory.sample()
+        self._release(force=False)
+        (loss * scale).backward()
+        self.memory.sample()
+        return value
+
     def _backward(
         self, step: int, f_idx: list[int], r_idx: list[int], weight: float, ref_nll: torch.Tensor | None,
         ref_logprobs: dict[int, torch.Tensor] | None,
@@ -413,17 +425,12 @@ class _Runner:
         nll, n_tok = sequence_nll(*self.io.scored(batch))
         ref = ref_nll[f_idx].to(self.device) if ref_nll is not None else None
         f_loss = self.spec.forget(nll, n_tok, reference_nll=ref, beta=cfg.effective_beta(), delta=cfg.delta)
-        f_val = float(f_loss.detach())
-        if not math.isfinite(f_val):
-            self._fail(step, "forget loss", f_val)
-        self.memory.sample()
-        self._release(force=False)
-        (f_loss * (cfg.gamma * weight)).backward()
-        del f_loss, nll, batch
-        self.memory.sample()
-        self._release(force=False)
+        del nll, batch
+        f_val = self._checked_backward(step, "forget loss", f_loss, cfg.gamma * weight)
+        del f_loss
         r_val = 0.0
         if self.use_retain:
+            self._release(force=False)
             batch = self.io.batch([self.retain[j] for j in r_idx])
             tokens += batch["n_tokens"]
             logits, labels = self.io.scored(batch)
@@ -432,13 +439,7 @@ class _Runner:
             else:
                 r_loss = retain_nll(*sequence_nll(logits, labels))
             del logits, labels
-            r_val = float(r_loss.detach())
-            if not math.isfinite(r_val):
-                self._fail(step, "retain loss", r_val)
-            self.memory.sample()
-            self._release(force=False)
-            (r_loss * (cfg.retain_weight * weight)).backward()
-        self.memory.sample()
+            r_val = self._checked_backward(step, "retain loss", r_loss, cfg.retain_weight * weight)
         return f_val, r_val, tokens
 
     def _train(
