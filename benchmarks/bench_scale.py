@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import multiprocessing as mp
 import os
@@ -77,14 +76,6 @@ def _hwm() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _trim() -> None:
-    """Hand freed heap memory back to the OS (glibc), so leftovers of model building do not count."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
 def _build(name: str, dtype: Any, seed: int, **change: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
@@ -112,6 +103,7 @@ def run_one(args: dict[str, Any]) -> dict[str, Any]:
     from loguru import logger
 
     from sau_compress.masking import prune_by_magnitude_, resolve_targets
+    from sau_compress.memory import release_free_memory
     from sau_compress.unlearn import UnlearnConfig, unlearn
 
     logger.remove()
@@ -128,7 +120,7 @@ def run_one(args: dict[str, Any]) -> dict[str, Any]:
     ids = torch.tensor([forget[0]["input_ids"]], device=device)
     mini(input_ids=ids, labels=ids).loss.backward()
     del mini, ids
-    _trim()
+    release_free_memory()  # leftovers of model building must not count
     baseline = _rss()
     t0 = time.perf_counter()
     model = _build(args["size"], dtype, 0)
@@ -140,7 +132,7 @@ def run_one(args: dict[str, Any]) -> dict[str, Any]:
         model.to(device)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    _trim()
+    release_free_memory()  # leftovers of model building must not count
     with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
         f.write("5")
     cfg = UnlearnConfig(
