@@ -124,13 +124,15 @@ def _check_turn_closing(tokenizer: Any) -> None:
     if key in _CHECKED_TEMPLATES:
         return
     _CHECKED_TEMPLATES.add(key)
+    from jinja2 import TemplateError
+
     question, answer = "Who?", "Someone."
     try:
         prompt = format_prompt(question, tokenizer, "chat")
         full = tokenizer.apply_chat_template(
             [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], tokenize=False
         )
-    except Exception as err:  # a template that refuses this conversation; tokenizing real items will tell
+    except (TemplateError, ValueError) as err:  # a template that refuses this conversation; real items will tell
         logger.debug(f"chat template check skipped: {err}")
         return
     eos = getattr(tokenizer, "eos_token", None)
