@@ -17,7 +17,7 @@ TABLE_COLUMNS = (
     "world", "setting", "method", "mode", "runs", "reached", "steps", "forget ROUGE-L", "log10 FQ",
     "model utility", "aggregate", "train s", "s/step", "peak MiB",
 )
-MODE_ORDER = {"dense": 0, "masked": 1, "topk": 2, "sau": 3, "unlearn→prune": 4}
+MODE_ORDER = {"dense": 0, "masked": 1, "topk": 2, "sau": 3, "naive": 4, "naive-reprune": 5, "unlearn→prune": 6}
 
 
 def _mean_std(values: Iterable[float | None], digits: int = 3) -> str:
@@ -134,7 +134,8 @@ PAIRED_COLUMNS = (
     "Δ aggregate", "aggregate higher", "steps ratio", "time ratio", "memory ratio",
 )
 #: (a, b): each row compares mode a against mode b
-PAIRS = (("sau", "dense"), ("topk", "dense"), ("sau", "topk"), ("masked", "dense"))
+PAIRS = (("sau", "dense"), ("topk", "dense"), ("sau", "topk"), ("masked", "dense"), ("sau", "naive"),
+         ("topk", "naive"), ("dense", "naive"), ("sau", "naive-reprune"), ("dense", "naive-reprune"))
 
 
 def paired_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
@@ -267,7 +268,7 @@ def _fmt_dict(d: dict[str, float]) -> str:
 # ------------------------------------------------------------------------------------------------ plots
 
 _COLORS = {"dense": "tab:grey", "masked": "tab:blue", "topk": "tab:orange", "sau": "tab:red",
-           "unlearn→prune": "tab:green", "unpruned": "black"}
+           "naive": "tab:brown", "naive-reprune": "tab:pink", "unlearn→prune": "tab:green", "unpruned": "black"}
 
 
 def plot_tradeoffs(records: Sequence[dict[str, Any]], world: str, path: Path) -> bool:
