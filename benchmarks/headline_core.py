@@ -99,6 +99,8 @@ class World:
     retain_model_rouge: dict[str, float] = field(default_factory=dict)
     forget_items: list[dict[str, Any]] = field(default_factory=list)
     retain_items: list[dict[str, Any]] = field(default_factory=list)
+    #: SHA-256 of the memorizer's and the retain model's weights (builds differ across machines)
+    weights_sha256: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary of the world's scale."""
@@ -115,6 +117,7 @@ class World:
             "memorizer_rouge": self.memorizer_rouge,
             "retain_model_rouge": self.retain_model_rouge,
             "max_new_tokens": self.max_new_tokens,
+            "weights_sha256": self.weights_sha256,
         }
 
 
@@ -186,6 +189,7 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
         train_device=train_device,
         memorizer_rouge=dict(built.rouge),
         retain_model_rouge=dict(built.retain_model_rouge),
+        weights_sha256=dict(built.weights_sha256),
     )
     world.forget_items = tokenize_records(tokenizer, world.forget, max_length=256)
     world.retain_items = tokenize_records(tokenizer, world.retain, max_length=256)
@@ -446,6 +450,7 @@ def run_unlearning(
         "memory_measure": None if result is None else result.memory_measure,
         "optimizer_state_bytes": 0 if result is None else result.optimizer_state_bytes,
         "pattern_preserved": True if result is None else result.pattern_preserved or reprune,
+        "world_weights_sha256": world.weights_sha256.get("model"),
         "device": device,
         **metrics,
     }
@@ -472,7 +477,7 @@ def unlearn_then_sparsify(
     return {
         **{k: base[k] for k in ("world", "method", "seed", "learning_rate", "steps", "reached", "train_seconds",
                                 "seconds_per_step", "peak_memory_bytes", "optimizer_state_bytes", "device",
-                                "target")},
+                                "world_weights_sha256", "target")},
         "key": f"uts|{base['key']}|{pruner} {structure}",
         "kind": "unlearn_then_sparsify",
         "setting": f"{pruner} {structure}",
