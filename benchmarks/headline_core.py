@@ -29,7 +29,10 @@ __all__ = [
     "STRUCTURES",
     "RunSpec",
     "World",
+    "VARIANTS",
     "aggregate_score",
+    "fq_score",
+    "run_budget",
     "evaluate_model",
     "forget_rouge",
     "load_world",
@@ -64,7 +67,12 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": {},
     "large": {"hidden_size": 512, "intermediate_size": 1408, "num_layers": 8, "num_heads": 8,
               "learning_rate": 1e-3},
+    # near capacity: 213K parameters for 240 people (WORLD_PEOPLE), so pruning costs what it costs real LLMs
+    "capacity": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4, "epochs": 60,
+                 "batch_size": 32},
 }
+#: people of the toy world per model size (default 40): more facts per parameter than the tiny world
+WORLD_PEOPLE: dict[str, int] = {"capacity": 240}
 
 
 def world_label(name: str, size: str) -> str:
@@ -157,11 +165,12 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
 
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown model size '{size}'; choose from {list(MODEL_SIZES)}")
-    train_device = "cpu" if size == "tiny" else device
+    train_device = "cpu" if size in ("tiny", "capacity") else device
     if name == "toy":
         from sau_compress.worlds import ToyTrainConfig, build_toy_world
 
-        built = build_toy_world(config=replace(ToyTrainConfig(), **MODEL_SIZES[size]), device=train_device)
+        built = build_toy_world(people=WORLD_PEOPLE.get(size, 40),
+                                config=replace(ToyTrainConfig(), **MODEL_SIZES[size]), device=train_device)
         max_new_tokens = 32
     elif name == "tofu":
         from sau_compress.worlds import build_tofu_world, default_tofu_train_config
@@ -223,6 +232,13 @@ def forget_rouge(model: torch.nn.Module, world: World, records: list[dict[str, A
     return sum(rouge_l_recall(a, r["answer"]) for a, r in zip(answers, records, strict=True)) / len(records)
 
 
+def fq_score(forget_quality: float | None) -> float:
+    """Forget quality on [0, 1]: ``1 + log10(FQ) / FQ_DECADES``, clipped (the score inside :func:`aggregate_score`)."""
+    if forget_quality is None or forget_quality <= 0:
+        return 0.0
+    return min(1.0, max(0.0, 1.0 + math.log10(forget_quality) / FQ_DECADES))
+
+
 def aggregate_score(model_utility: float | None, forget_quality: float | None) -> float | None:
     """The benchmark's single number: harmonic mean of model utility and log-scaled forget quality.
 
@@ -232,10 +248,10 @@ def aggregate_score(model_utility: float | None, forget_quality: float | None) -
     """
     if model_utility is None or forget_quality is None or not math.isfinite(model_utility):
         return None
-    fq_score = min(1.0, max(0.0, 1.0 + math.log10(max(forget_quality, 1e-300)) / FQ_DECADES))
-    if fq_score <= 0.0 or model_utility <= 0.0:
+    score = fq_score(forget_quality)
+    if score <= 0.0 or model_utility <= 0.0:
         return 0.0
-    return 2.0 * model_utility * fq_score / (model_utility + fq_score)
+    return 2.0 * model_utility * score / (model_utility + score)
 
 
 @torch.no_grad()
@@ -488,3 +504,68 @@ def unlearn_then_sparsify(
         "dense_forget_rouge": base["forget_rouge"],
         **metrics,
     }
+
+
+# ------------------------------------------------------------------------------------------ fixed budget
+
+#: configurations of the fixed-budget protocol: name -> SparsityAwareUnlearningModifier fields
+VARIANTS: dict[str, dict[str, Any]] = {
+    "dense": {"mode": "dense"},
+    "naive": {"mode": "naive"},
+    "masked": {"mode": "masked"},
+    "topk": {"mode": "topk"},
+    "sau": {"mode": "sau", "alpha": 0.1},
+    "sau-alpha1": {"mode": "sau", "alpha": 1.0},
+    "sau-alpha4": {"mode": "sau", "alpha": 4.0},
+    "contrastive": {"mode": "topk", "saliency": "contrastive"},
+    "sau-refresh10": {"mode": "sau", "saliency_refresh_steps": 10},
+}
+
+
+def run_budget(
+    world: World,
+    model_dir: Path,
+    variant: str,
+    method: str,
+    seed: int,
+    learning_rate: float,
+    steps: int,
+    every: int,
+    batch_size: int,
+    device: str,
+    max_grad_norm: float | None = 1.0,
+) -> list[dict[str, Any]]:
+    """One fixed-budget run: ``steps`` optimizer steps from a fresh load of ``model_dir`` (clipping at
+    ``max_grad_norm``, as open-unlearning's trainers do), never stopped early; the model is evaluated
+    (:func:`evaluate_model`) every ``every`` steps. In mode ``naive`` the evaluated model is the re-masked one.
+
+    :return: one point per evaluation: ``step``, the metrics, and the forget-quality score of
+        :func:`aggregate_score` (``fq_score``)
+    """
+    from sau_compress.export import load_model
+    from sau_compress.modifier import SparsityAwareUnlearningModifier
+    from sau_compress.pipeline import run_oneshot
+    from sau_compress.unlearn import UnlearnJob
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant '{variant}'; choose from {list(VARIANTS)}")
+    model = load_model(model_dir).to(device)
+    points: list[dict[str, Any]] = []
+
+    def callback(step: int, net: torch.nn.Module) -> bool:
+        if step % every == 0:
+            metrics = evaluate_model(net, world)
+            net.train()
+            points.append({"step": step, **metrics, "fq_score": fq_score(metrics["forget_quality"])})
+        return False
+
+    fields = {"method": method, "learning_rate": learning_rate, "max_steps": steps, "batch_size": batch_size,
+              "retain_weight": _retain_weight(method), "seed": seed, "device": device, "progress": False,
+              "max_grad_norm": max_grad_norm, **VARIANTS[variant]}
+    modifier = SparsityAwareUnlearningModifier(**fields)
+    modifier.assign(UnlearnJob(world.forget_items, world.retain_items, world.tokenizer.pad_token_id, callback))
+    run_oneshot(model, world.tokenizer, [modifier])
+    del model
+    gc.collect()
+    return points
+

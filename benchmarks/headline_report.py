@@ -9,8 +9,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PAIRED_COLUMNS", "TABLE_COLUMNS", "comparison_rows", "group_rows", "paired_rows", "plot_tradeoffs",
-           "plot_sweep", "render_markdown"]
+__all__ = ["PAIRED_COLUMNS", "TABLE_COLUMNS", "comparison_rows", "group_rows", "hypervolume", "paired_interval",
+           "paired_rows", "pareto_front", "plot_sweep", "plot_tradeoffs", "render_markdown", "verdict"]
 
 #: columns of the main table (one row per world, setting, method and mode; mean ± std over seeds)
 TABLE_COLUMNS = (
@@ -162,6 +162,27 @@ def verdict(interval: tuple[float, float] | None) -> str:
         return "–"
     low, high = interval
     return "win" if low > 0 else "loss" if high < 0 else "no difference"
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both coordinates (both maximised), sorted by the first, ascending."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(set(points), key=lambda pt: (-pt[0], -pt[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front[::-1]
+
+
+def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, float] = (0.0, 0.0)) -> float:
+    """Area dominated by ``points`` (both coordinates maximised) above ``reference``: the union of the
+    rectangles from the reference to each point. Points not above the reference on both coordinates add
+    nothing."""
+    rx, ry = reference
+    area, prev_y = 0.0, ry
+    for x, y in reversed(pareto_front([(x, y) for x, y in points if x > rx and y > ry])):
+        area += (x - rx) * (y - prev_y)
+        prev_y = y
+    return area
 
 
 def _fmt_interval(interval: tuple[float, float] | None) -> str:

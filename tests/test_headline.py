@@ -179,3 +179,70 @@ def test_paired_rows_give_intervals_from_three_pairs() -> None:
     assert row["Δ aggregate"] == "+0.115" and row["verdict"] == "win"
     low, high = (float(v) for v in row["Δ aggregate 95% CI"].strip("[]").split(", "))
     assert 0.1 <= low <= 0.115 <= high <= 0.13
+
+
+def test_pareto_front_and_hypervolume_by_hand() -> None:
+    from headline_report import hypervolume, pareto_front
+
+    points = [(0.2, 0.9), (0.5, 0.7), (0.4, 0.6), (0.9, 0.3), (0.5, 0.7), (0.0, 1.0)]
+    assert pareto_front(points) == [(0.0, 1.0), (0.2, 0.9), (0.5, 0.7), (0.9, 0.3)]
+    # rectangles from (0, 0): 0.9 * 0.3 + 0.5 * (0.7 - 0.3) + 0.2 * (0.9 - 0.7); (0, 1) has no area
+    assert hypervolume(points) == pytest.approx(0.51)
+    # from (0.1, 0.25): 0.8 * 0.05 + 0.4 * (0.7 - 0.3) + 0.1 * (0.9 - 0.7); nothing lies above (0.5, 0.5)
+    assert hypervolume(points, reference=(0.1, 0.25)) == pytest.approx(0.22)
+    assert hypervolume(points, reference=(0.5, 0.5)) == 0.0
+    assert hypervolume([]) == 0.0
+
+
+def test_budget_report_pairs_hypervolumes_by_seed() -> None:
+    from budget_sweep import hypervolumes, report
+
+    def rec(variant: str, seed: int, lr: float, pts: list[tuple[float, float]]) -> dict:
+        return {"setting": "sparsegpt 2:4", "method": "grad_diff", "variant": variant, "seed": seed,
+                "learning_rate": lr, "points": [{"fq_score": x, "model_utility": y} for x, y in pts]}
+
+    records = []
+    for seed in range(3):
+        records += [rec("dense", seed, 1e-3, [(0.5, 0.5)]), rec("dense", seed, 3e-3, [(0.8, 0.2)]),
+                    rec("naive", seed, 1e-3, [(0.4, 0.4)]),
+                    rec("sau", seed, 1e-3, [(0.5, 0.6 + 0.01 * seed)]), rec("sau", seed, 3e-3, [(0.8, 0.2)])]
+    hv = hypervolumes(records)
+    assert hv[("sparsegpt 2:4", "grad_diff", "dense", 0)] == pytest.approx(0.5 * 0.5 + 0.3 * 0.2)  # both lrs
+    assert hv[("sparsegpt 2:4", "grad_diff", "sau", 2)] == pytest.approx(0.5 * 0.62 + 0.3 * 0.2)
+    text = report(records)
+    sau_dense = next(line for line in text.splitlines() if "| sau − dense |" in line)
+    assert "+0.0550" in sau_dense and "| win |" in sau_dense  # 0.5 * (0.10, 0.11, 0.12) paired
+    assert "| naive − dense |" in text and "| sau − naive |" in text
+
+
+@pytest.mark.slow
+def test_budget_sweep_runs_and_resumes(tmp_path: Path) -> None:
+    script = ROOT / "benchmarks" / "budget_sweep.py"
+    cmd = [sys.executable, str(script), "--variants", "naive,sau", "--lrs", "1e-3", "--seeds", "1", "--steps", "4",
+           "--every", "2", "--threads", "1", "--out", str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads(line) for line in (tmp_path / "budget_runs.jsonl").read_text().splitlines()]
+    assert [(r["variant"], [p["step"] for p in r["points"]]) for r in runs] == [("naive", [2, 4]), ("sau", [2, 4])]
+    assert all(r["max_grad_norm"] == 1.0 and 0.0 <= p["fq_score"] <= 1.0 for r in runs for p in r["points"])
+    assert "| sau − naive |" in (tmp_path / "budget.md").read_text()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    assert again.returncode == 0 and len((tmp_path / "budget_runs.jsonl").read_text().splitlines()) == 2
+
+
+def test_pruning_damage_table_and_the_hurts_rule() -> None:
+    from pruning_damage import hurts, table
+
+    def row(setting: str, mu: float, fr: float, rr: float) -> dict:
+        return {"world": "toy", "setting": setting, "model_utility": mu, "forget_rouge": fr, "retain_rouge": rr}
+
+    rows = [row("unpruned", 0.85, 1.0, 1.0), row("magnitude 50%", 0.80, 0.95, 0.97),
+            row("sparsegpt 2:4", 0.7, 0.9, 0.99)]
+    for r in rows:
+        for key in ("model_utility", "forget_rouge", "retain_rouge"):
+            r[f"delta_{key}"] = r[key] - rows[0][key]
+    assert hurts(rows, 0.10) and not hurts(rows, 0.16)  # SparseGPT costs 0.15 of utility
+    lines = table(rows).splitlines()
+    assert lines[2] == "| toy | unpruned | 0.850 | 1.000 | 1.000 | – | – | – |"
+    assert lines[4] == "| toy | sparsegpt 2:4 | 0.700 | 0.900 | 0.990 | -0.150 | -0.100 | -0.010 |"
