@@ -17,24 +17,32 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import threading
 
 import psutil
 import torch
 from torch import nn
 
-__all__ = ["PeakMemory", "model_bytes", "release_free_memory"]
+__all__ = ["HEAP_MMAP_THRESHOLD", "PeakMemory", "limit_heap_retention", "model_bytes", "release_free_memory"]
 
 
-def _load_malloc_trim():
-    name = ctypes.util.find_library("c")
+def _load_libc_function(name: str):
+    lib = ctypes.util.find_library("c")
     try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+        return getattr(ctypes.CDLL(lib), name, None) if lib else None
     except OSError:
         return None
 
 
-_MALLOC_TRIM = _load_malloc_trim()
+_MALLOC_TRIM = _load_libc_function("malloc_trim")
+_MALLOPT = _load_libc_function("mallopt")
+
+#: glibc's ``M_MMAP_THRESHOLD`` parameter number for ``mallopt``
+_M_MMAP_THRESHOLD = -3
+#: allocations of at least this many bytes get their own memory map on a CPU run (see limit_heap_retention)
+HEAP_MMAP_THRESHOLD = 1 << 20
+_heap_limited = False
 
 
 def release_free_memory() -> bool:
@@ -49,6 +57,31 @@ def release_free_memory() -> bool:
         return False
     _MALLOC_TRIM(0)
     return True
+
+
+def limit_heap_retention() -> bool:
+    """Make glibc give every allocation of at least 1 MiB its own memory map, returned on free.
+
+    glibc serves allocations below its mmap threshold from the heap, and it raises that threshold (up to
+    32 MiB on 64-bit) each time a mapped block is freed. After a few steps nearly every activation, gradient
+    and logits tensor of a CPU run comes from the heap, whose freed holes stay resident between long-lived
+    tensors, and :func:`release_free_memory` can only return whole free pages at the top and in the middle.
+    With a fixed threshold of :data:`HEAP_MMAP_THRESHOLD` those tensors are unmapped the moment they are
+    freed: on a 350M-parameter Llama the ``sau`` run's peak resident memory fell from 3233 to 2538 MiB and
+    ``dense``'s from 5657 to 5181 (``docs/scale.md``). The price is fresh zero pages for each large tensor, a
+    small cost next to the matmuls that fill them.
+
+    The setting is process-wide, so it is applied once per process, and not at all when the user set
+    ``MALLOC_MMAP_THRESHOLD_`` in the environment (glibc's own knob; theirs wins). Returns whether it is in
+    effect (``False`` where there is no glibc ``mallopt``).
+    """
+    global _heap_limited
+    if _heap_limited:
+        return True
+    if _MALLOPT is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    _heap_limited = bool(_MALLOPT(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD))
+    return _heap_limited
 
 
 def model_bytes(model: nn.Module) -> int:

@@ -46,7 +46,7 @@ from sau_compress.masking import (
     resolve_targets,
     verify_masks,
 )
-from sau_compress.memory import PeakMemory, model_bytes, release_free_memory
+from sau_compress.memory import PeakMemory, limit_heap_retention, model_bytes, release_free_memory
 from sau_compress.optim import ParamScale, UnlearningOptimizer, make_optimizer, nbytes
 from sau_compress.saliency import CompactFisher, compute_fisher
 from sau_compress.schedule import lr_multiplier
@@ -133,6 +133,8 @@ def unlearn(
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     checkpointing = _enable_checkpointing(model) if config.gradient_checkpointing else False
     devices = [device.index] if device.type == "cuda" else []
+    if device.type == "cpu" and limit_heap_retention():
+        logger.debug("CPU run: allocations of 1 MiB and more are memory-mapped (sau_compress.memory)")
     runner = None
     try:
         with PeakMemory(device, base_bytes=model_bytes(model)) as memory:
