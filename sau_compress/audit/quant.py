@@ -1,10 +1,10 @@
 """Round-to-nearest fake quantization with compressed-tensors' definitions, in plain torch.
 
 An audit asks what a served, quantized copy of an unlearned model still knows. The schemes are the presets
-llmcompressor's ``QuantizationModifier`` applies (compressed-tensors ``preset_name_to_scheme``):
+llmcompressor's ``QuantizationModifier`` applies (compressed-tensors 0.19 ``preset_name_to_scheme``):
 
 - ``W4A16``: int4 weights, symmetric, one scale per group of 128 input columns (``strategy: group``);
-- ``W8A16``: int8 weights, symmetric, one scale per output channel (``strategy: channel``);
+- ``W8A16``: int8 weights, symmetric, one scale per group of 128 input columns (``strategy: group``);
 - ``FP8_DYNAMIC``: float8 e4m3 weights with one scale per output channel, and float8 e4m3 activations with
   one scale per token, computed on the fly (``dynamic: true``).
 
@@ -12,7 +12,7 @@ As in compressed-tensors (``calculate_qparams``, ``fake_quantize``): ``scale = m
 the scale's group, with ``range = q_max - q_min`` (int4: 15, int8: 255, fp8 e4m3: 896); the code is
 ``clamp(w / scale, q_min, q_max)`` rounded to the type (``torch.round`` for ints, a cast to
 ``float8_e4m3fn`` for fp8) and the weight seen by the model is ``code * scale``. So an int4 group holds at
-most 16 distinct values and an int8 channel at most 256. A last group narrower than 128 columns (a layer
+most 16 distinct values and an int8 group at most 256. A last group narrower than 128 columns (a layer
 whose width is not a multiple of 128) gets its own scale; compressed-tensors itself needs the width to be a
 multiple of the group size. Nothing here imports llmcompressor; the tests
 check these values against compressed-tensors' own ``fake_quantize`` where it is installed.
@@ -59,7 +59,7 @@ class QuantScheme:
 #: attack name -> scheme
 QUANT_SCHEMES: dict[str, QuantScheme] = {
     "quant-fp8": QuantScheme("FP8_DYNAMIC", 8, "float", None, dynamic_activations=True),
-    "quant-int8": QuantScheme("W8A16", 8, "int", None),
+    "quant-int8": QuantScheme("W8A16", 8, "int", 128),
     "quant-int4": QuantScheme("W4A16", 4, "int", 128),
 }
 

@@ -57,7 +57,7 @@ def render_audit(record: Mapping[str, Any]) -> str:
         before = (a.get("before") or {}).get(a["score"])
         lines.append(f"| {a['name']} | {'yes' if a['holds'] else 'NO' if a['holds'] is False else 'n/a'} | "
                      f"{_SCORE_LABEL.get(a['score'], a['score'])} | {_fmt(before)} | {_fmt(a['value'])} | "
-                     f"{_fmt(a['level'])} | {_fmt(a['threshold'])} | {_fmt(a.get('seconds'))} |")
+                     f"{_fmt(a['level'])} | {_fmt(a['threshold'])} | {a.get('seconds') or 0:.0f} |")
     keys = ("forget_rouge", "forget_prob", "forget_truth_ratio", "forget_quality", "model_utility", "holdout_rouge")
     lines += ["", "## Scores of the model before and after each attack", "",
               "| attack | " + " | ".join(f"{k} before / after" for k in keys) + " |",
