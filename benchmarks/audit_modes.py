@@ -5,7 +5,8 @@ headline benchmark's cached pruned folder) is unlearned with GradDiff until its 
 the world's target (the memorizer's holdout level), exactly as ``benchmarks/headline.py`` does
 (:func:`headline_core.run_unlearning`), and then audited (:func:`sau_compress.audit.audit`) against the retain
 model. One JSON line per run goes to ``--out`` (resumable: runs already there are skipped), and
-Model utility in the audit uses 16 retain records. ``--report`` prints the attack x mode table (mean and 95% t-interval over seeds of the attacked forget
+Model utility in the audit uses 16 retain records. ``--report``
+prints the attack x mode table (mean and 95% t-interval over seeds of the attacked forget
 ROUGE-L recall and its rise over the unattacked model, and how many seeds hold).
 
     python benchmarks/audit_modes.py --seeds 0,1,2    # attacks: quant-fp8,quant-int8,quant-int4,prune-more
