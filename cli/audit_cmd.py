@@ -52,6 +52,7 @@ def audit_command(
     relearn_steps: int = typer.Option(20, "--relearn-steps", help="Fine-tuning steps of the relearn attack."),
     rouge_margin: float = typer.Option(0.1, "--rouge-margin", help="Margin over the reference forget ROUGE-L."),
     mia_margin: float = typer.Option(0.1, "--mia-margin", help="Margin over the reference membership AUC."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sequences per forward pass / generate call."),
     prompt_format: str = typer.Option("auto", "--prompt-format", help="auto, plain or chat."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda ... (default: cuda if available)."),
     output: Path | None = typer.Option(None, "--output", help="Folder to write audit.json, audit.md, audit.png."),
@@ -67,7 +68,8 @@ def audit_command(
         result = audit_model(
             model, forget=forget, retain=retain, holdout=holdout, retain_model=retain_model, attacks=attacks,
             output=output, overwrite=overwrite, record=record, prompt_format=prompt_format, device=device,
-            settings={"relearn_steps": relearn_steps, "rouge_margin": rouge_margin, "mia_margin": mia_margin},
+            settings={"relearn_steps": relearn_steps, "rouge_margin": rouge_margin, "mia_margin": mia_margin,
+                      "batch_size": batch_size},
         )
     emit(result, as_json, render_audit)
 

@@ -178,6 +178,12 @@ def test_cli_rejects_an_unknown_attack_in_one_line(tmp_path):
     assert "unknown attack(s) ['gptq']" in result.output and "Traceback" not in result.output
 
 
+def test_cli_rejects_bad_settings_in_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["audit", "toy", "--relearn-steps", "0"])
+    assert result.exit_code == 2
+    assert "relearn_steps must be at least 1, got 0" in result.output and "Traceback" not in result.output
+
+
 def test_record_in_sidecar_appends_and_keeps_the_rest(tmp_path):
     from sau_compress.pipeline.audit import record_in_sidecar
 

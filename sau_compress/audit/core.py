@@ -66,7 +66,7 @@ class AuditSettings:
     :ivar relearn_batch_size: records per step
     :ivar utility_records: retain records (evenly spread over the set) behind model utility; ``None``: all
     :ivar shots: worked examples (retain records) in the few-shot prompt variant
-    :ivar batch_size: sequences per forward pass / generate call
+    :ivar batch_size: sequences per forward pass / generate call (64: the toy model is small; fewer calls)
     :ivar max_new_tokens: longest generated answer
     :ivar seed: seed of the fine-tuning order
     """
@@ -78,9 +78,19 @@ class AuditSettings:
     relearn_batch_size: int = 8
     utility_records: int | None = 40
     shots: int = 3
-    batch_size: int = 16
+    batch_size: int = 64
     max_new_tokens: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("relearn_steps", "relearn_batch_size", "shots", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise UserError(f"audit setting {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("rouge_margin", "mia_margin"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"audit setting {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.relearn_lr <= 0:
+            raise UserError(f"audit setting relearn_lr must be positive, got {self.relearn_lr}")
 
 
 @dataclass
