@@ -31,6 +31,10 @@ def _render_run(result: dict[str, Any]) -> None:
             b, a = result["before"][key], result["after"][key]
             table.add_row(key, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}")
         console.print(table)
+    if result.get("audit"):
+        from sau_compress.cli.audit_cmd import render_audit
+
+        render_audit(result["audit"])
 
 
 def run(
@@ -72,6 +76,11 @@ def run(
     device: str | None = typer.Option(
         None, "--device", help="Where to evaluate and unlearn: cuda or cpu (default: cuda when available)."
     ),
+    audit: bool = typer.Option(
+        False, "--audit", help="Then audit the output model (sau-compress audit); recorded in its sau_compress.json."
+    ),
+    audit_holdout: str | None = typer.Option(None, "--audit-holdout", help="Holdout set for --audit."),
+    audit_retain_model: str | None = typer.Option(None, "--audit-retain-model", help="Retain model for --audit."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Prune, unlearn and export a model with an llmcompressor recipe; print a before/after summary."""
@@ -93,6 +102,13 @@ def run(
             eval_limit=eval_limit,
             device=device,
         )
+        if audit:
+            from sau_compress.pipeline import TOY_MODELS, audit_model
+
+            result["audit"] = audit_model(
+                str(output), forget=forget, retain=retain, holdout=audit_holdout, retain_model=audit_retain_model,
+                record=True, world_defaults=model in TOY_MODELS, device=device,
+            )
     emit(result, as_json, _render_run)
 
 

@@ -27,6 +27,7 @@ LAYERS = {
     "sau_compress.unlearn": "loop",
     "sau_compress.evaluation": "evaluation",
     "sau_compress.export": "export",
+    "sau_compress.audit": "audit",
     "sau_compress.offload": "modifier",
     "sau_compress.magnitude": "modifier",
     "sau_compress.modifier": "modifier",
@@ -42,9 +43,10 @@ ALLOWED = {
     "loop": {"base", "core", "data"},
     "evaluation": {"base", "core", "data"},
     "export": {"base", "core", "data"},
+    "audit": {"base", "core", "data", "evaluation"},
     "modifier": {"base", "core", "data", "loop"},
     "worlds": {"base", "core", "data", "evaluation"},
-    "pipeline": {"base", "core", "data", "loop", "evaluation", "export", "modifier", "worlds"},
+    "pipeline": {"base", "core", "data", "loop", "evaluation", "export", "audit", "modifier", "worlds"},
     "cli": {"pipeline"},
 }
 #: the only modules of lower layers the CLI may name: the version and the error types

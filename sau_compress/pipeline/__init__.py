@@ -4,11 +4,13 @@
 - recipes: :func:`list_recipes`, :func:`read_recipe`, :func:`parse_overrides`, :func:`load_recipe`, ...
 - :func:`build_world`, :func:`demo`, :func:`evaluate_model`, :func:`compare_runs`, :func:`export_model`,
   :func:`inspect_model`: the other commands
+- :func:`audit_model`: ``sau-compress audit`` (attacks on an unlearned model, verdicts, report)
 - :func:`run_oneshot`: the one way to apply a recipe to an in-memory model (shared with the benchmarks)
 """
 
 from __future__ import annotations
 
+from sau_compress.pipeline.audit import audit_model
 from sau_compress.pipeline.commands import (
     DEMO_RECIPE,
     build_world,
@@ -38,6 +40,7 @@ __all__ = [
     "SAU_MODIFIER",
     "TOY_MODELS",
     "apply_overrides",
+    "audit_model",
     "build_world",
     "calibration_dataset",
     "compare_runs",
