@@ -143,7 +143,7 @@ def _load_sets(saus: list[Any], tokenizer: Any, prompt_format: str) -> tuple[dic
         jobs.append(UnlearnJob.from_records(
             tokenizer, records(sau.forget), records(sau.retain), sau.max_length, prompt_format
         ))
-        sau.assign(jobs[-1])
+        sau.assign(jobs[-1], records(sau.forget))
     return {"forget": records(saus[0].forget), "retain": records(saus[0].retain)}, jobs
 
 
