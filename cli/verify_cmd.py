@@ -42,11 +42,11 @@ def verify(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Load an export in an engine, generate greedily, and compare the tokens with the project's own model."""
-    from sau_compress.export.verify import verify_export
+    from sau_compress.pipeline import verify_model
 
     with user_errors(), stdout_to_stderr(as_json):
-        result = verify_export(export, engine.value, forget=forget, retain=retain, n=n,
-                               max_new_tokens=max_new_tokens)
+        result = verify_model(export, engine.value, forget=forget, retain=retain, n=n,
+                              max_new_tokens=max_new_tokens)
     emit(result, as_json, _render)
     if not result["identical"]:
         raise typer.Exit(code=1)

@@ -162,9 +162,7 @@ def _prompts(tokenizer: Any, forget: str | None, retain: str | None, n: int) -> 
     prompts = []
     for split, source in (("forget", forget), ("retain", retain)):
         if source is None:
-            from sau_compress.worlds import toy_data_file
-
-            source = str(toy_data_file(split))
+            raise UserError(f"verify needs a {split} set for its prompts: pass --{split}")
         for i, record in enumerate(load_qa(source)[:n]):
             prompts.append({"set": split, "index": i, "question": record["question"],
                             "text": format_prompt(record["question"], tokenizer, fmt),
@@ -207,8 +205,8 @@ def verify_export(
 
     :param folder: the model folder (any export of ours, or a plain HF folder)
     :param engine: one of :data:`ENGINES`
-    :param forget: QA set whose first ``n`` questions are prompts (default: the toy world's forget set)
-    :param retain: likewise (default: the toy world's retain set)
+    :param forget: QA set whose first ``n`` questions are prompts (any source ``load_qa`` reads)
+    :param retain: likewise
     :param n: prompts taken from each set
     :param max_new_tokens: greedy tokens generated after each prompt
     :param timeout: seconds the engine may take to load and generate
