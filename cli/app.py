@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-COMMAND_MODULES = ("toy_cmd", "demo_cmd", "run_cmd", "eval_cmd", "export_cmd", "audit_cmd")
+COMMAND_MODULES = ("toy_cmd", "demo_cmd", "run_cmd", "eval_cmd", "export_cmd", "audit_cmd", "verify_cmd")
 
 
 def _version(value: bool) -> None:
@@ -31,8 +31,15 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only (no progress bars)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Every log line, the libraries' INFO too."),
 ) -> None:
     """Sparsity-Aware Unlearning for pruned LLMs."""
+    from sau_compress.logs import set_verbosity
+
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose contradict each other; pass one")
+    set_verbosity("quiet" if quiet else "verbose" if verbose else "normal")
 
 
 for _name in COMMAND_MODULES:

@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from sau_compress.cli._choices import check_device
 from sau_compress.cli._common import JSON_OPTION, console, emit, kv_table, stdout_to_stderr, user_errors
 from sau_compress.cli.run_cmd import _render_run
 
@@ -26,7 +27,8 @@ def demo(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Where to write the unlearned 2:4 model (default: the user cache)."
     ),
-    device: str | None = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
+    device: str | None = typer.Option(None, "--device", callback=check_device,
+                                      help="cpu, cuda or cuda:N (default: cuda when available)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run the main job on the toy world: SparseGPT 2:4, SAU, before/after table, 2:4 export.

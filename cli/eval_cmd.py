@@ -9,6 +9,7 @@ import typer
 from loguru import logger
 from rich.table import Table
 
+from sau_compress.cli._choices import ForgetSplit, PromptFormat, Suite, check_device
 from sau_compress.cli._common import JSON_OPTION, console, emit, user_errors
 from sau_compress.errors import UserError
 
@@ -27,13 +28,14 @@ def _render_eval(result: dict[str, Any]) -> None:
 
 def eval_command(
     model: str = typer.Argument(..., help="Model folder, or 'toy' / 'toy-retain' for the bundled toy models."),
-    suite: str = typer.Option("toy", "--suite", help="Metric suite: toy or tofu."),
+    suite: Suite = typer.Option(Suite.toy, "--suite", case_sensitive=False, help="Metric suite: toy or tofu."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with the suite's files "
                                          "(tofu: $SAU_COMPRESS_TOFU_DIR or the hub; toy: the toy world)."),
     forget: Path | None = typer.Option(None, "--forget", help="Forget set file (TOFU schema) replacing the suite's."),
     retain: Path | None = typer.Option(None, "--retain", help="Retain set file replacing the suite's."),
     holdout: Path | None = typer.Option(None, "--holdout", help="Holdout set file replacing the suite's."),
-    forget_split: str = typer.Option("forget10", "--forget-split", help="TOFU forget split: forget01/05/10."),
+    forget_split: ForgetSplit = typer.Option(ForgetSplit.forget10, "--forget-split", case_sensitive=False,
+                                             help="TOFU forget split: forget01/05/10."),
     retain_model: str | None = typer.Option(
         None, "--retain-model",
         help="Reference for forget quality/privleak: a model folder, 'toy-retain', or its eval.json "
@@ -45,15 +47,16 @@ def eval_command(
     limit: int | None = typer.Option(None, "--limit", help="Use the first N records of every set."),
     batch_size: int = typer.Option(16, "--batch-size", help="Sequences per forward pass / generate call."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Longest generated answer."),
-    prompt_format: str = typer.Option(
-        "auto", "--prompt-format",
+    prompt_format: PromptFormat = typer.Option(
+        PromptFormat.auto, "--prompt-format", case_sensitive=False,
         help="auto (the tokenizer's chat template when it has one, else plain), plain ('Question: ...\\nAnswer:') "
              "or chat (the chat template; an error without one).",
     ),
     chat_template: bool = typer.Option(
         False, "--chat-template", hidden=True, help="Deprecated: same as --prompt-format chat."
     ),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    device: str | None = typer.Option(None, "--device", callback=check_device,
+                                      help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     name: str | None = typer.Option(None, "--name", help="Label of this run in comparisons."),
     output: Path | None = typer.Option(None, "--output", help="Folder to write eval.json and report.md into."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output folder."),
@@ -63,17 +66,17 @@ def eval_command(
     from sau_compress.pipeline import evaluate_model
 
     with user_errors():
+        fmt = prompt_format.value
         if chat_template:
-            if prompt_format.strip().lower() not in ("auto", "chat"):
-                raise UserError(
-                    f"--chat-template contradicts --prompt-format {prompt_format}; use --prompt-format only"
-                )
+            if fmt not in ("auto", "chat"):
+                raise UserError(f"--chat-template contradicts --prompt-format {fmt}; use --prompt-format only")
             logger.warning("--chat-template is deprecated: use --prompt-format chat")
-            prompt_format = "chat"
+            fmt = "chat"
         result = evaluate_model(
-            model, suite, data_dir, forget=forget, retain=retain, holdout=holdout, forget_split=forget_split,
+            model, suite.value, data_dir, forget=forget, retain=retain, holdout=holdout,
+            forget_split=forget_split.value,
             retain_model=retain_model, text_set=text_set, limit=limit, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, prompt_format=prompt_format, device=device, name=name,
+            max_new_tokens=max_new_tokens, prompt_format=fmt, device=device, name=name,
             output=output, overwrite=overwrite,
         )
     emit(result, as_json, _render_eval)

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from sau_compress.cli._choices import ExportFormat
 from sau_compress.cli._common import JSON_OPTION, console, emit, kv_table, user_errors
 
 
@@ -62,8 +63,9 @@ def _render_inspect(result: dict[str, Any]) -> None:
 
 def export(
     src: str = typer.Argument(..., help="Model folder to export, or 'toy' for the embedded toy memorizer."),
-    fmt: str = typer.Option("sparse-24-bitmask", "--format", "-f",
-                            help="sparse-24-bitmask (compressed 2:4, vLLM <= 0.18.1) or dense (current vLLM)."),
+    fmt: ExportFormat = typer.Option(ExportFormat.sparse, "--format", "-f", case_sensitive=False,
+                                     help="sparse-24-bitmask (compressed 2:4, vLLM <= 0.18.1) or dense "
+                                          "(current vLLM)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to create."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     metadata: Path | None = typer.Option(None, "--metadata",
@@ -74,7 +76,7 @@ def export(
     from sau_compress.pipeline import export_model
 
     with user_errors():
-        result = export_model(src, fmt, output, overwrite=overwrite, metadata=metadata)
+        result = export_model(src, fmt.value, output, overwrite=overwrite, metadata=metadata)
     emit(result, as_json, _render_export)
 
 

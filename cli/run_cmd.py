@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from sau_compress.cli._choices import RunFormat, check_device
 from sau_compress.cli._common import JSON_OPTION, console, emit, kv_table, stdout_to_stderr, user_errors
 
 
@@ -19,7 +20,8 @@ def _render_run(result: dict[str, Any]) -> None:
         "modifiers": " -> ".join(result["modifiers"]),
         "sparsity (target layers)": result["sparsity"],
         "2:4 everywhere": result["two_four"],
-        "pattern preserved by SAU": result["pattern_preserved"],
+        "pattern preserved by SAU": "no SAU stage" if result["pattern_preserved"] is None
+        else result["pattern_preserved"],
         "seconds": result["seconds"],
     }
     console.print(kv_table("sau-compress run", rows))
@@ -63,9 +65,10 @@ def run(
         None, "--calibration", help="QA set to calibrate SparseGPT/Wanda with."
     ),
     num_calibration_samples: int = typer.Option(512, "--num-calibration-samples", help="Calibration rows."),
-    export_format: str = typer.Option(
-        "auto",
+    export_format: RunFormat = typer.Option(
+        RunFormat.auto,
         "--format",
+        case_sensitive=False,
         help="auto (sparse-24-bitmask when all target layers are 2:4), sparse-24-bitmask, dense.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
@@ -74,7 +77,8 @@ def run(
         None, "--eval-limit", help="Evaluate on the first N records of each set."
     ),
     device: str | None = typer.Option(
-        None, "--device", help="Where to evaluate and unlearn: cuda or cpu (default: cuda when available)."
+        None, "--device", callback=check_device,
+        help="Where to evaluate and unlearn: cpu, cuda or cuda:N (default: cuda when available).",
     ),
     audit: bool = typer.Option(
         False, "--audit", help="Then audit the output model (sau-compress audit); recorded in its sau_compress.json."
@@ -96,7 +100,7 @@ def run(
             overrides=overrides or [],
             calibration=calibration,
             num_calibration_samples=num_calibration_samples,
-            export_format=export_format,
+            export_format=export_format.value,
             overwrite=overwrite,
             evaluate=evaluate,
             eval_limit=eval_limit,

@@ -48,6 +48,9 @@ class _RegisteringLoader(importlib.abc.Loader):
         # stderr (loguru's own default) keeps stdout clean for program output such as ``--json``
         with contextlib.redirect_stdout(sys.stderr):
             self._inner.exec_module(module)
+        from sau_compress import logs
+
+        logs.reinstall()  # the CLI's sink and levels, when it set them (llmcompressor just removed every sink)
         _register()
 
     def __getattr__(self, name: str) -> Any:  # resource readers and the like

@@ -15,7 +15,10 @@ moment llmcompressor is imported, so YAML recipes can name them.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import sys
+import types
 from typing import Annotated, Any
 
 import torch
@@ -34,6 +37,12 @@ from torch import nn
 
 from sau_compress.data import PromptFormat, QASetSpec
 from sau_compress.errors import UserError
+from sau_compress.export.metadata import (
+    CONFIG_RECORD_KEY,
+    forget_set_hash,
+    unlearning_record,
+    write_config_record,
+)
 from sau_compress.offload import onloaded, quantization_disabled
 from sau_compress.unlearn import UnlearnConfig, UnlearnJob, UnlearnResult, unlearn
 
@@ -132,6 +141,7 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
     _job: UnlearnJob | None = PrivateAttr(default=None)
     _owns_job: bool = PrivateAttr(default=False)
     _pruning_after: list[str] = PrivateAttr(default_factory=list)
+    _forget_hash: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -180,11 +190,16 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
         """What the last unlearning run reported (``None`` before ``on_calibration_start``)."""
         return self._job.results[-1] if self._job is not None and self._job.results else None
 
-    def assign(self, job: UnlearnJob) -> None:
+    def assign(self, job: UnlearnJob, forget: list[Any] | None = None) -> None:
         """Hand the stage its data, loaded and tokenized once by the caller; the stage then reads no file and
-        appends its result to ``job.results``."""
+        appends its result to ``job.results``.
+
+        :param forget: the forget set's QA records, hashed into the record the stage leaves on the model
+            (default: the tokenized items are hashed)
+        """
         self._job = job
         self._owns_job = False
+        self._forget_hash = forget_set_hash(forget) if forget is not None else None
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -199,14 +214,16 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
                     "SparsityAwareUnlearningModifier has no forget set: set `forget:` in the recipe "
                     "(or pass --forget to sau-compress run)"
                 )
+            records = self.forget.load()
             self._job = UnlearnJob.from_records(
                 self._load_tokenizer(state.model),
-                self.forget.load(),
+                records,
                 self.retain.load() if self.retain is not None else None,
                 self.max_length,
                 self.prompt_format,
             )
             self._owns_job = True
+            self._forget_hash = forget_set_hash(records)
         job = self._job
         logger.info(
             f"SAU: {len(job.forget)} forget items, "
@@ -224,6 +241,7 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
         with onloaded(model), quantization_disabled(model), torch.enable_grad():
             result = unlearn(model, job.forget, job.retain, config, job.pad_token_id, job.callback)
         job.results.append(result)
+        self._leave_record(model, config, result)
         rhos = [layer["rho"] for layer in result.layers.values() if layer.get("rho") is not None]
         logger.info(
             f"SAU done ({result.mode}, {result.method}): {result.steps} steps in {result.seconds:.1f}s on "
@@ -238,6 +256,20 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
         return True
 
     # ------------------------------------------------------------------------------------------- helpers
+
+    def _leave_record(self, model: nn.Module, config: UnlearnConfig, result: UnlearnResult) -> None:
+        """Put the unlearning record on ``model.config`` (key :data:`CONFIG_RECORD_KEY`): whoever saves the
+        model, llmcompressor's ``oneshot(output_dir=...)`` or ``save_pretrained`` included, writes it into
+        ``config.json``, and ``sau-compress export`` moves it into the sidecar. A later stage replaces it."""
+        hf_config = getattr(model, "config", None)
+        if hf_config is None:
+            return
+        job = self._job
+        record = unlearning_record(config, job.forget, result=result, prompt_format=job.prompt_format)
+        if self._forget_hash is not None:
+            record["forget_set_hash"] = self._forget_hash
+        setattr(hf_config, CONFIG_RECORD_KEY, {"unlearning": record})
+        _record_on_save(model)
 
     def _locate_stages(self) -> None:
         """Note the pruning stages after this one; refuse a quantization stage before it."""
@@ -278,6 +310,28 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
             return AutoTokenizer.from_pretrained(str(source))
         except (OSError, ValueError) as err:
             raise UserError(f"SparsityAwareUnlearningModifier: cannot load tokenizer from '{source}': {err}") from err
+
+
+def _record_on_save(model: nn.Module) -> None:
+    """Wrap ``model.save_pretrained`` (llmcompressor's compressed-save wrapper, when oneshot installed one) so
+    the saved ``config.json`` carries the record: llmcompressor rewrites that file from the original model's
+    config after saving, which drops any key it does not know. Wrapped once per model."""
+    current = model.save_pretrained
+    if getattr(current, "_sau_record", False):
+        return
+
+    @functools.wraps(current)
+    def save_pretrained(self: nn.Module, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        out = current(save_directory, *args, **kwargs)
+        record = getattr(self.config, CONFIG_RECORD_KEY, None)
+        if isinstance(record, dict) and os.path.isfile(os.path.join(save_directory, "config.json")):
+            write_config_record(save_directory, record)
+        return out
+
+    save_pretrained._sau_record = True  # type: ignore[attr-defined]
+    # llmcompressor re-wraps only what it has not wrapped itself
+    save_pretrained._overridden = getattr(current, "_overridden", False)  # type: ignore[attr-defined]
+    model.save_pretrained = types.MethodType(save_pretrained, model)
 
 
 def _is_pruning(modifier: Modifier) -> bool:

@@ -23,6 +23,7 @@ from loguru import logger
 from torch import nn
 from tqdm.auto import tqdm
 
+from sau_compress.logs import progress_disabled
 from sau_compress.masking import PackedMask
 
 __all__ = ["FISHER_PRECISION", "CompactFisher", "compute_fisher"]
@@ -109,7 +110,8 @@ def compute_fisher(
     handles = [p.register_post_accumulate_grad_hook(make_hook(name)) for name, p in params.items()]
     n = 0
     try:
-        for batch in tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress):
+        for batch in tqdm(batches, total=total, desc=desc, unit="batch", leave=False,
+                          disable=progress_disabled(not progress)):
             loss = loss_fn(batch)
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"saliency loss is {float(loss.detach())} on batch {n}")

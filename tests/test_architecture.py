@@ -16,6 +16,7 @@ LAYERS = {
     "sau_compress._registration": "base",
     "sau_compress.errors": "base",
     "sau_compress.io": "base",
+    "sau_compress.logs": "base",
     "sau_compress.saliency": "core",
     "sau_compress.masking": "core",
     "sau_compress.selection": "core",
@@ -44,13 +45,13 @@ ALLOWED = {
     "evaluation": {"base", "core", "data"},
     "export": {"base", "core", "data"},
     "audit": {"base", "core", "data", "evaluation"},
-    "modifier": {"base", "core", "data", "loop"},
+    "modifier": {"base", "core", "data", "loop", "export"},
     "worlds": {"base", "core", "data", "evaluation"},
     "pipeline": {"base", "core", "data", "loop", "evaluation", "export", "audit", "modifier", "worlds"},
     "cli": {"pipeline"},
 }
-#: the only modules of lower layers the CLI may name: the version and the error types
-CLI_EXTRA = {"sau_compress", "sau_compress.errors"}
+#: the only modules of lower layers the CLI may name: the version, the error types and the log levels
+CLI_EXTRA = {"sau_compress", "sau_compress.errors", "sau_compress.logs"}
 
 
 def _modules() -> dict[str, Path]:

@@ -275,8 +275,8 @@ def test_cli_eval_and_compare(tmp_path, tiny_model_dir):
     assert cmp.exit_code == 0, cmp.output
     result = json.loads(cmp.stdout.strip().splitlines()[-1])
     assert [r["name"] for r in result["rows"]] == ["A", "B"] and os.path.isfile(result["chart"])
-    bad = runner.invoke(app, ["eval", str(tiny_model_dir), "--suite", "muse"])
-    assert bad.exit_code == 2 and "unknown suite" in bad.output
+    bad = runner.invoke(app, ["eval", str(tiny_model_dir), "--suite", "muse"], env={"COLUMNS": "300"})
+    assert bad.exit_code == 2 and "'muse' is not one of 'toy', 'tofu'" in " ".join(bad.output.split())
 
 
 @pytest.mark.slow

@@ -621,8 +621,9 @@ def test_cli_export_and_inspect_json(tmp_path, tokenizer):
     res = runner.invoke(app, ["export", str(src), "--format", "sparse-24-bitmask", "--output", str(out)])
     assert res.exit_code == 2 and "already exists" in " ".join(res.output.split())
 
-    res = runner.invoke(app, ["export", str(src), "--format", "zip", "--output", str(tmp_path / "x")])
-    assert res.exit_code != 0 and "choose from" in res.output
+    res = runner.invoke(app, ["export", str(src), "--format", "zip", "--output", str(tmp_path / "x")],
+                        env={"COLUMNS": "300"})
+    assert res.exit_code == 2 and "'zip' is not one of 'sparse-24-bitmask', 'dense'" in " ".join(res.output.split())
 
     res = runner.invoke(app, ["inspect", str(out), "--json"])
     assert res.exit_code == 0, res.output

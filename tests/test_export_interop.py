@@ -191,3 +191,27 @@ def test_reader_env_script_is_pinned():
     assert "torch==2.13.0" in text
     assert "compressed-tensors==0.14.0.1" in text
     assert '"transformers<=4.57.6"' in text
+
+
+@pytest.mark.slow
+def test_compressed_tensors_0_14_loads_our_tokenizer_and_gives_our_greedy_answers(tiny_model_dir, qa_files, tmp_path):
+    """``verify --engine compressed-tensors-0.14`` on a sparse export: transformers 4.57 loads the tokenizer
+    (transformers 5 would name its class TokenizersBackend, unknown to 4.57), tokenizes the prompts as we do,
+    and its greedy answers equal ours token for token."""
+    from transformers import AutoTokenizer
+
+    from sau_compress.export import load_model
+    from sau_compress.export.verify import verify_export
+
+    _reader_python()  # builds or reuses the reader (or skips)
+    model = _prune_24_(load_model(tiny_model_dir))
+    folder = save_model(model, AutoTokenizer.from_pretrained(str(tiny_model_dir)), tmp_path / "m",
+                        format="sparse-24-bitmask")
+    assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    result = verify_export(folder, "compressed-tensors-0.14", forget=str(qa_files["forget"]),
+                           retain=str(qa_files["retain"]), n=2, max_new_tokens=6)
+    assert result["versions"]["compressed_tensors"] == "0.14.0.1"
+    assert result["versions"]["transformers"].startswith("4.57")
+    assert result["engine_tokenizer"] == "PreTrainedTokenizerFast" and result["tokenizer_identical"] is True
+    assert result["format"] == "sparse-24-bitmask" and result["prompts"] == 4
+    assert result["identical"] is True and result["matches"] == 4 and result["first_difference"] is None

@@ -271,8 +271,8 @@ def test_cli_eval_prompt_format(tiny_model_dir, qa_files, tmp_path):
         result = runner.invoke(app, [*args, *flags])
         assert result.exit_code == 2, result.output
         assert "needs a tokenizer with a chat template" in " ".join(result.output.split())
-    bad = runner.invoke(app, [*args, "--prompt-format", "xml"])
-    assert bad.exit_code == 2 and "prompt_format must be one of auto, plain, chat" in " ".join(bad.output.split())
+    bad = runner.invoke(app, [*args, "--prompt-format", "xml"], env={"COLUMNS": "300"})
+    assert bad.exit_code == 2 and "'xml' is not one of 'auto', 'plain', 'chat'" in " ".join(bad.output.split())
     clash = runner.invoke(app, [*args, "--chat-template", "--prompt-format", "plain"])
     assert clash.exit_code == 2 and "contradicts --prompt-format plain" in " ".join(clash.output.split())
     ok = runner.invoke(app, [*args, "--limit", "1", "--output", str(tmp_path / "e"), "--json"])

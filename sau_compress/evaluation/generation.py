@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from sau_compress.data import pad_token_id, prompt_ids, resolve_prompt_format
 from sau_compress.evaluation.scoring import model_device
+from sau_compress.logs import progress_disabled
 
 __all__ = ["generate_answers", "stop_token_ids"]
 
@@ -97,7 +98,8 @@ def generate_answers(
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, leave=False):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=progress_disabled(desc is None),
+                          leave=False):
             idx = order[start : start + batch_size]
             width = max(len(prompts[i]) for i in idx)
             input_ids = torch.full((len(idx), width), pad, dtype=torch.long)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from sau_compress.data import collate, pad_token_id, resolve_prompt_format, tokenize_qa
 from sau_compress.errors import UserError
+from sau_compress.logs import progress_disabled
 from sau_compress.losses import IGNORE_INDEX
 
 __all__ = [
@@ -152,7 +153,7 @@ def score_items(
     out: list[AnswerScore | None] = [None] * len(items)
     starts = range(0, len(order), batch_size)
     try:
-        for start in tqdm(starts, desc=desc, disable=desc is None, leave=False):
+        for start in tqdm(starts, desc=desc, disable=progress_disabled(desc is None), leave=False):
             idx = order[start : start + batch_size]
             batch = collate([{"input_ids": items[i]["input_ids"], "labels": items[i]["labels"]} for i in idx],
                             pad_token_id)

@@ -6,6 +6,7 @@ the sparsity format of a folder to read), and :func:`compat_config` adds the key
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ __all__ = [
     "SPARSE_FORMAT",
     "check_format",
     "compat_config",
+    "compat_tokenizer_config",
     "has_quantization",
     "quantization_format",
     "read_config",
@@ -152,3 +154,27 @@ def compat_config(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(local, dict) and "rope_theta" in local:
             out.setdefault("rope_local_base_freq", local["rope_theta"])
     return out
+
+
+#: tokenizer classes transformers 5 writes that 4.x does not know, and the 4.x class that loads the same files
+#: (``tokenizer.json`` through the ``tokenizers`` library); transformers 5 reads the 4.x name as the same class
+_V5_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def compat_tokenizer_config(folder: str | os.PathLike[str]) -> bool:
+    """Rewrite ``tokenizer_config.json`` in ``folder`` so transformers 4.57 loads it too: transformers 5 names
+    a generic fast tokenizer ``TokenizersBackend``, a class 4.x does not have ("Tokenizer class
+    TokenizersBackend does not exist"); 4.x's ``PreTrainedTokenizerFast`` reads the same ``tokenizer.json``.
+
+    :return: whether the file was changed (no file, or a class both versions know: unchanged)
+    """
+    file = Path(folder) / "tokenizer_config.json"
+    if not file.is_file():
+        return False
+    config = read_json(file)
+    old = config.get("tokenizer_class") if isinstance(config, dict) else None
+    if old not in _V5_TOKENIZER_CLASSES or not (Path(folder) / "tokenizer.json").is_file():
+        return False
+    config["tokenizer_class"] = _V5_TOKENIZER_CLASSES[old]
+    file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return True

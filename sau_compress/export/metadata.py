@@ -19,18 +19,25 @@ from sau_compress.errors import InputNotFoundError, UserError
 from sau_compress.export.files import read_json
 
 __all__ = [
+    "CONFIG_RECORD_KEY",
     "SIDECAR_NAME",
     "build_sidecar",
     "forget_set_hash",
     "jsonable",
+    "pop_config_record",
     "read_metadata_file",
     "read_sidecar",
     "unlearning_record",
     "vllm_support",
+    "write_config_record",
 ]
 
 SIDECAR_NAME = "sau_compress.json"
 SIDECAR_SCHEMA = 1
+#: the ``config.json`` key under which the modifier leaves its record on the model it unlearned, so a model
+#: saved through llmcompressor's own path (``oneshot(output_dir=...)``, ``save_pretrained``) still carries it;
+#: our exports move it into the sidecar
+CONFIG_RECORD_KEY = "sau_compress"
 
 
 def jsonable(value: Any, where: str = "value") -> Any:
@@ -75,6 +82,31 @@ def read_metadata_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(extra, dict):
         raise UserError(f"metadata file {file}: expected a JSON object")
     return extra
+
+
+def pop_config_record(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Take the modifier's record (:data:`CONFIG_RECORD_KEY`) out of a ``config.json`` dict.
+
+    :return: the record (``{"unlearning": ...}``), or None when the config has none
+    """
+    record = config.pop(CONFIG_RECORD_KEY, None)
+    return record if isinstance(record, dict) else None
+
+
+def write_config_record(folder: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """Add the modifier's record (:data:`CONFIG_RECORD_KEY`) to the ``config.json`` of a saved model folder
+    (replacing the file in one rename), keeping every other key as the saver wrote it.
+
+    :raises InputNotFoundError: the folder has no ``config.json``
+    """
+    file = Path(folder) / "config.json"
+    if not file.is_file():
+        raise InputNotFoundError(f"'{folder}' has no config.json to record the unlearning in")
+    config = read_json(file)
+    config[CONFIG_RECORD_KEY] = jsonable(record, CONFIG_RECORD_KEY)
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, file)
 
 
 def read_sidecar(folder: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from sau_compress.errors import InputNotFoundError, UserError
 from sau_compress.export.bitmask import bits_equal
 from sau_compress.export.config import (
     check_format,
+    compat_tokenizer_config,
     has_quantization,
     quantization_format,
     read_config,
@@ -33,7 +34,14 @@ from sau_compress.export.config import (
 )
 from sau_compress.export.convert import convert
 from sau_compress.export.files import INDEX_NAME, checkpoint_files, read_json, write_tensors
-from sau_compress.export.metadata import SIDECAR_NAME, build_sidecar, jsonable, read_metadata_file, read_sidecar
+from sau_compress.export.metadata import (
+    SIDECAR_NAME,
+    build_sidecar,
+    jsonable,
+    pop_config_record,
+    read_metadata_file,
+    read_sidecar,
+)
 from sau_compress.export.read import read_state_dict
 from sau_compress.export.state import (
     checkpoint_names,
@@ -143,6 +151,9 @@ def save_model(
     quantized = quantized_state(model)
     config = json.loads(model.config.to_json_string(use_diff=False))
     config.pop("quantization_config", None)
+    left = pop_config_record(config)  # the modifier's record moves into the sidecar
+    if left is not None and left.get("unlearning") is not None:
+        metadata.setdefault("unlearning", left["unlearning"])
     if isinstance(getattr(model, "dtype", None), torch.dtype):
         config["dtype"] = str(model.dtype).removeprefix("torch.")  # as save_pretrained records it
     if quantized is not None:
@@ -161,6 +172,7 @@ def save_model(
             generation_config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+            compat_tokenizer_config(tmp)  # transformers 4.57 (the sparse format's readers) loads it too
     out = Path(output).expanduser().absolute()
     logger.info(f"saved {format} model to {out}")
     return out
@@ -210,10 +222,14 @@ def export_checkpoint(
     previous = read_sidecar(src)
     if previous is not None:
         for key in ("recipe", "unlearning"):
-            if key in previous and key not in extra:
+            if previous.get(key) is not None and key not in extra:
                 extra[key] = previous[key]
         for key, value in (previous.get("metadata") or {}).items():
             extra.setdefault(key, value)
+    # a folder saved by llmcompressor's own path carries the modifier's record in config.json instead
+    left = pop_config_record(config)
+    if left is not None and left.get("unlearning") is not None:
+        extra.setdefault("unlearning", left["unlearning"])
     with atomic_output_dir(dst, overwrite=overwrite) as tmp:
         _write(tmp, state, config, linear_names_from_config(config), format, extra, source=str(src),
                max_shard_bytes=max_shard_bytes)
@@ -224,6 +240,7 @@ def export_checkpoint(
                 shutil.copytree(item, tmp / item.name)
             else:
                 shutil.copy2(item, tmp / item.name)
+        compat_tokenizer_config(tmp)
     logger.info(f"exported {src} -> {dst} ({format})")
     return dst
 

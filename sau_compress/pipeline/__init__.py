@@ -19,6 +19,7 @@ from sau_compress.pipeline.commands import (
     evaluate_model,
     export_model,
     inspect_model,
+    verify_model,
 )
 from sau_compress.pipeline.models import TOY_MODELS, load_model_and_tokenizer, pick_device, resolve_model
 from sau_compress.pipeline.oneshot import calibration_dataset, run_oneshot
@@ -59,4 +60,5 @@ __all__ = [
     "resolve_recipe",
     "run",
     "run_oneshot",
+    "verify_model",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "evaluate_model",
     "export_model",
     "inspect_model",
+    "verify_model",
 ]
 
 #: the recipe of ``sau-compress demo``
@@ -182,3 +183,20 @@ def inspect_model(path: str) -> dict[str, Any]:
     from sau_compress.export import inspect_checkpoint
 
     return inspect_checkpoint(_source(path))
+
+
+def verify_model(export: str, engine: str = "transformers", forget: str | None = None, retain: str | None = None,
+                 n: int = 5, max_new_tokens: int = 16) -> dict[str, Any]:
+    """Load an export in ``engine`` and compare its greedy tokens with ours
+    (:func:`sau_compress.export.verify.verify_export`); the prompts come from ``forget``/``retain``, by default
+    the toy world's sets (built on first use)."""
+    from sau_compress.export.verify import ENGINES, verify_export
+
+    if engine not in ENGINES:
+        raise UserError(f"unknown engine '{engine}'; choose from {list(ENGINES)}")
+    if forget is None or retain is None:
+        from sau_compress.worlds import toy_data_file
+
+        forget = forget or str(toy_data_file("forget"))
+        retain = retain or str(toy_data_file("retain"))
+    return verify_export(_source(export), engine, forget=forget, retain=retain, n=n, max_new_tokens=max_new_tokens)

@@ -21,7 +21,7 @@ from loguru import logger
 from sau_compress.data import QARecord, QASetSpec, resolve_prompt_format
 from sau_compress.errors import OutputExistsError, UserError
 from sau_compress.export.config import FORMATS
-from sau_compress.masking import all_2of4, mean_sparsity
+from sau_compress.masking import all_2of4, mean_sparsity, resolve_targets
 from sau_compress.pipeline.models import TOY_MODELS, load_model_and_tokenizer, resolve_model
 from sau_compress.pipeline.oneshot import run_oneshot
 from sau_compress.pipeline.recipes import (
@@ -65,7 +65,10 @@ def _prepare_recipe(
 ) -> tuple[dict[str, Any], Any, list[Any]]:
     """Read the recipe, apply ``--forget``/``--retain``/``--set``, build it (every field validated).
 
-    :return: the recipe dict as run, llmcompressor's ``Recipe``, and its SAU stages
+    ``forget``/``retain`` go to the SAU stages; a recipe without one (prune-only, prune + quantize) is run as
+    it is, and the sets serve evaluation and calibration only.
+
+    :return: the recipe dict as run, llmcompressor's ``Recipe``, and its SAU stages (possibly none)
     """
     from sau_compress.modifier import SparsityAwareUnlearningModifier
 
@@ -74,12 +77,11 @@ def _prepare_recipe(
         overrides = parse_overrides(list(overrides))
     merged: dict[str, dict[str, Any]] = {cls: dict(v) for cls, v in (overrides or {}).items()}
     data = {key: value for key, value in (("forget", forget), ("retain", retain)) if value is not None}
-    if data:
+    has_sau = any(name == SAU_MODIFIER for name, _ in modifier_entries(recipe_dict))
+    if data and has_sau:
         merged.setdefault(SAU_MODIFIER, {}).update(data)
     apply_overrides(recipe_dict, merged)
     sau_args = [args for name, args in modifier_entries(recipe_dict) if name == SAU_MODIFIER]
-    if not sau_args:
-        raise UserError(f"recipe '{recipe}' has no {SAU_MODIFIER} stage")
     for args in sau_args:
         if model in TOY_MODELS:  # the toy world's own sets, unless named
             from sau_compress.worlds import toy_data_file
@@ -101,9 +103,11 @@ def resolve_stage_format(saus: list[Any], tokenizer: Any) -> str:
     """The one prompt format of the run: every SAU stage's ``prompt_format`` resolved for the tokenizer
     (:func:`sau_compress.data.resolve_prompt_format`, logged once per setting).
 
-    :return: ``plain`` or ``chat``
+    :return: ``plain`` or ``chat`` (``auto`` resolved when there is no SAU stage)
     :raises UserError: the stages resolve to different formats (unlearning and evaluation must share one)
     """
+    if not saus:
+        return resolve_prompt_format(tokenizer, "auto")
     resolved: dict[str, str] = {}
     for sau in saus:
         if sau.prompt_format not in resolved:
@@ -139,8 +143,23 @@ def _load_sets(saus: list[Any], tokenizer: Any, prompt_format: str) -> tuple[dic
         jobs.append(UnlearnJob.from_records(
             tokenizer, records(sau.forget), records(sau.retain), sau.max_length, prompt_format
         ))
-        sau.assign(jobs[-1])
+        sau.assign(jobs[-1], records(sau.forget))
     return {"forget": records(saus[0].forget), "retain": records(saus[0].retain)}, jobs
+
+
+def _sets_without_sau(model: str, forget: str | None, retain: str | None) -> dict[str, list[QARecord] | None]:
+    """The forget and retain sets of a recipe without a SAU stage: those named, else the toy world's for
+    ``toy``; they serve evaluation and calibration."""
+    from sau_compress.data import load_qa
+
+    out: dict[str, list[QARecord] | None] = {}
+    for split, source in (("forget", forget), ("retain", retain)):
+        if source is None and model in TOY_MODELS:
+            from sau_compress.worlds import toy_data_file
+
+            source = str(toy_data_file(split))
+        out[split] = load_qa(source) if source is not None else None
+    return out
 
 
 def _summarize(model: Any, tokenizer: Any, sets: dict[str, list[QARecord]], batch_size: int,
@@ -225,12 +244,16 @@ def run(
     t = time.perf_counter()
     net, tokenizer = load_model_and_tokenizer(model_path, device)
     prompt_format = resolve_stage_format(saus, tokenizer)
-    sets, jobs = _load_sets(saus, tokenizer, prompt_format)
+    if saus:
+        sets, jobs = _load_sets(saus, tokenizer, prompt_format)
+    else:
+        sets, jobs = _sets_without_sau(model_name, forget, retain), []
     timings["load"] = time.perf_counter() - t
 
     eval_sets = {name: (recs or [])[:eval_limit] for name, recs in sets.items()}
-    if evaluate and not eval_sets["retain"]:
-        raise UserError("evaluation needs a retain set: pass --retain (or --no-eval)")
+    if evaluate and not (eval_sets["retain"] and eval_sets["forget"]):
+        missing = "retain" if not eval_sets["retain"] else "forget"
+        raise UserError(f"evaluation needs a {missing} set: pass --{missing} (or --no-eval)")
     before = after = None
     if evaluate:
         t = time.perf_counter()
@@ -241,12 +264,13 @@ def run(
     t = time.perf_counter()
     calibration_records = load_qa(calibration) if calibration is not None else sets["retain"]
     run_oneshot(net, tokenizer, built, calibration_records, num_calibration_samples, max_seq_length,
-                saus[0].config.seed, prompt_format)
+                saus[0].config.seed if saus else 0, prompt_format)
     timings["oneshot"] = time.perf_counter() - t
     results = [r for job in jobs for r in job.results]
     if len(results) != len(saus):
         raise RuntimeError(f"{SAU_MODIFIER} did not run (no calibration-start event from the pipeline)")
-    stats = target_layer_stats(net, list(results[-1].masks))
+    # the layers SAU worked on; without SAU, the decoder blocks' Linear layers (lm_head and embeddings aside)
+    stats = target_layer_stats(net, list(results[-1].masks) if results else list(resolve_targets(net)))
     if evaluate:
         t = time.perf_counter()
         after = _summarize(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format)
@@ -269,17 +293,19 @@ def run(
         "sparsity": stats["sparsity"],
         "two_four": stats["two_four"],
         "quantized": quantized,
-        "pattern_preserved": all(bool(r.pattern_preserved) for r in results),
-        "unlearn": results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results],
+        "pattern_preserved": all(bool(r.pattern_preserved) for r in results) if results else None,
+        "unlearn": (results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results]) if results
+        else None,
         "eval_records": {name: len(recs) for name, recs in eval_sets.items()} if evaluate else None,
     }
     t = time.perf_counter()
     metadata = {
         "recipe": yaml.safe_dump(recipe_dict, sort_keys=False),
-        "unlearning": unlearning_record(saus[0].config, sets["forget"], before, after, results[0],
-                                        prompt_format=prompt_format),
         "run": json.loads(json.dumps({k: v for k, v in summary.items() if k != "unlearn"}, default=str)),
     }
+    if results:
+        metadata["unlearning"] = unlearning_record(saus[0].config, sets["forget"], before, after, results[0],
+                                                   prompt_format=prompt_format)
     save_model(net, tokenizer, output, format=fmt, metadata=metadata, overwrite=overwrite)
     timings["save"] = time.perf_counter() - t
     summary["timings"] = timings

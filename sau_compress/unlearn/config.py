@@ -126,7 +126,8 @@ class UnlearnConfig(BaseModel):
     seed: int = 0
     device: str | None = None
     max_grad_norm: Annotated[float, Field(gt=0.0), _Finite] | None = None
-    adam_betas: tuple[_Beta, _Beta] = (0.9, 0.999)
+    # a list, not a tuple: recipes written back by llmcompressor (recipe.yaml) must stay plain YAML
+    adam_betas: Annotated[list[_Beta], Field(min_length=2, max_length=2)] = [0.9, 0.999]
     adam_eps: Annotated[float, Field(gt=0.0), _Finite] = 1e-8
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     autocast: bool = True
@@ -216,6 +217,7 @@ class UnlearnJob:
     :param pad_token_id: padding id for batches
     :param callback: ``callback(step, model)`` after every step; ``True`` stops early (see ``unlearn``)
     :param results: one :class:`UnlearnResult` per run, appended by the stage
+    :param prompt_format: the resolved format the items were tokenized in (``plain`` | ``chat``), when known
     """
 
     forget: list[dict[str, Any]]
@@ -223,6 +225,7 @@ class UnlearnJob:
     pad_token_id: int
     callback: Callable[[int, nn.Module], bool] | None = None
     results: list[UnlearnResult] = field(default_factory=list)
+    prompt_format: str | None = None
 
     @classmethod
     def from_records(
@@ -245,4 +248,5 @@ class UnlearnJob:
             retain=tokenize_records(tokenizer, retain, max_length, fmt) if retain is not None else None,
             pad_token_id=pad_token_id(tokenizer),
             callback=callback,
+            prompt_format=fmt,
         )

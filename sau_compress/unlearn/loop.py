@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from sau_compress.data import pair_forget_retain, sequential_batches
 from sau_compress.errors import NonFiniteLossError, UserError
+from sau_compress.logs import progress_disabled
 from sau_compress.losses import answer_logprobs, get_loss, kl_to_reference, retain_nll, sequence_nll
 from sau_compress.masking import (
     PackedMask,
@@ -517,7 +518,7 @@ class _Runner:
         tokens = 0
         stopped_early = False
         bar = tqdm(total=len(plan), desc=f"unlearning ({cfg.mode}, {cfg.method})", unit="step",
-                   disable=not cfg.progress, leave=False)
+                   disable=progress_disabled(not cfg.progress), leave=False)
         refresh = cfg.saliency_refresh_steps if cfg.mode in _SELECTING_MODES else 0
         refreshes, refresh_seconds, layer_info = 0, 0.0, None
         for step, micro in enumerate(plan, start=1):
