@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# hypothesis profiles: `ci` (the default: few examples, derandomized so CI runs are repeatable) and `slow`
+# (pytest --hypothesis-profile=slow: 1,000 examples per property test)
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("slow", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
 
 #: TOFU's jsonl files for the tests that read real TOFU data: the copy bundled in ``data/tofu``
 TOFU_DIR = Path(__file__).resolve().parents[1] / "data" / "tofu"
