@@ -212,3 +212,44 @@ def test_console_script_prints_one_line(world):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and named in errors[0], proc.stderr
     assert _snapshot(world) == before
+
+
+# ------------------------------------------------------------------------------------ doubtful input: warnings
+
+
+@pytest.fixture()
+def warnings():
+    from loguru import logger
+
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    yield messages
+    logger.remove(sink)
+
+
+def test_answers_cut_to_max_length_are_counted_and_named(tokenizer, warnings):
+    from sau_compress.data import tokenize_records
+
+    records = [dict(QA[0]), {"question": "Who?", "answer": "a long answer " * 40}, dict(QA[1])]
+    items = tokenize_records(tokenizer, records, max_length=40, what="the forget set 'f.jsonl'")
+    assert [len(i["input_ids"]) for i in items][1] == 40
+    assert len(warnings) == 1
+    assert "the forget set 'f.jsonl': 1 of 3 QA pairs are longer than max_length=40" in warnings[0]
+    assert "records [2]" in warnings[0]
+    tokenize_records(tokenizer, records[:1], max_length=40)
+    assert len(warnings) == 1  # nothing cut, nothing said
+
+
+def test_generation_cuts_prompts_to_the_model_context(tokenizer, warnings):
+    from sau_compress.data import prompt_ids
+    from sau_compress.evaluation.generation import generate_answers
+
+    model = make_tiny_llama(len(tokenizer))  # max_position_embeddings 128
+    long_question = "where was the glassblower born " * 60
+    assert len(prompt_ids(tokenizer, long_question, "plain")) > 128
+    answers = generate_answers(model, tokenizer, [QA[0]["question"], long_question], max_new_tokens=8,
+                               prompt_format="plain", desc="generating forget")
+    assert len(answers) == 2
+    assert len(warnings) == 1
+    assert "generating forget: 1 of 2 prompts are longer than the model's context allows (128 tokens" in warnings[0]
+    assert "records [2]" in warnings[0] and "keeps its last 120 tokens" in warnings[0]
