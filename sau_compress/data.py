@@ -41,6 +41,7 @@ __all__ = [
     "QARecord",
     "QASetSpec",
     "TOFU_DIR_ENV",
+    "check_disjoint",
     "collate",
     "format_prompt",
     "has_chat_template",
@@ -198,6 +199,13 @@ def tokenize_qa(
     :return: ``{"input_ids": [...], "labels": [...]}`` with labels ``-100`` on the prompt
     :raises UserError: nothing of the answer is left within ``max_length``
     """
+    return _tokenize_qa(tokenizer, question, answer, max_length, prompt_format)[0]
+
+
+def _tokenize_qa(
+    tokenizer: Any, question: str, answer: str, max_length: int, prompt_format: str
+) -> tuple[dict[str, list[int]], int]:
+    """:func:`tokenize_qa` and the number of tokens the cut to ``max_length`` dropped."""
     if max_length < 2:
         raise UserError(f"max_length must be at least 2, got {max_length}")
     fmt = resolve_prompt_format(tokenizer, prompt_format, log=False)
@@ -209,7 +217,7 @@ def tokenize_qa(
         raise UserError(
             f"prompt of {len(p)} tokens leaves no answer token within max_length={max_length}: {question[:60]!r}"
         )
-    return {"input_ids": ids, "labels": labels}
+    return {"input_ids": ids, "labels": labels}, max(0, len(p) + len(a) - max_length)
 
 
 def tokenize_records(
@@ -219,20 +227,35 @@ def tokenize_records(
     prompt_format: str = "auto",
     question_key: str = "question",
     answer_key: str = "answer",
+    what: str = "QA set",
 ) -> list[dict[str, list[int]]]:
     """Tokenize a list of QA records with :func:`tokenize_qa`; each result keeps the record's ``index``.
+    Records cut to ``max_length`` are counted and named in one warning.
 
     :param prompt_format: ``auto`` | ``plain`` | ``chat``, resolved once for the whole list
+    :param what: the set's name in the warning (``forget set 'forget.jsonl'``)
     """
     fmt = resolve_prompt_format(tokenizer, prompt_format, log=False)
     out = []
+    cut: list[int] = []
     for i, rec in enumerate(records):
         for key in (question_key, answer_key):
             if key not in rec:
                 raise KeyError(f"record {i} has no field '{key}' (fields: {sorted(rec)})")
-        item = tokenize_qa(tokenizer, rec[question_key], rec[answer_key], max_length, fmt)
+        try:
+            item, dropped = _tokenize_qa(tokenizer, rec[question_key], rec[answer_key], max_length, fmt)
+        except UserError as err:  # name the set and the record
+            raise UserError(f"{what}: record {i + 1}: {err}") from err
         item["index"] = int(rec.get("index", i))
+        if dropped:
+            cut.append(i + 1)
         out.append(item)
+    if cut:
+        logger.warning(
+            f"{what}: {len(cut)} of {len(out)} QA pairs are longer than max_length={max_length} tokens and were cut "
+            f"at the end of the answer (records {cut[:5]}{' ...' if len(cut) > 5 else ''}); raise max_length to "
+            "keep them whole"
+        )
     return out
 
 
@@ -308,6 +331,34 @@ def _is_saved_dataset(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
 
 
+def _looks_like_hub_name(text: str) -> bool:
+    """``org/name`` (optionally ``:config``) that is not a local path: one slash, no suffix, not starting with
+    ``.``/``/``/``~``, and no local folder called ``org`` (``data/f8`` beside a ``data/`` folder is a
+    mistyped path, not a hub dataset)."""
+    org = text.partition("/")[0]
+    return (text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).suffix
+            and not Path(org).exists())
+
+
+def _load_hub_qa(source: str, split: str | None) -> list[QARecord]:
+    """Rows of a hub dataset ``org/name[:config]``.
+
+    :raises InputNotFoundError: the hub has no such dataset, or cannot be reached (offline included)
+    """
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    name, _, config = source.partition(":")
+    try:
+        return list(datasets.load_dataset(name, config or None, split=split or "train"))
+    except (DatasetNotFoundError, ConnectionError, FileNotFoundError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputNotFoundError(
+            f"QA set '{source}' is not a local file or folder, and the hub dataset '{name}' could not be loaded "
+            f"({first}); check the path, or the dataset name and your connection"
+        ) from err
+
+
 def load_qa(
     source: str | os.PathLike[str],
     question_key: str = "question",
@@ -358,11 +409,8 @@ def load_qa(
                     f"datasets can read ({type(err).__name__}: {str(err).splitlines()[0]})"
                 ) from err
         rows = list(ds)
-    elif str(source).count("/") == 1 and not str(source).startswith((".", "/", "~")) and not path.suffix:
-        import datasets
-
-        name, _, config = str(source).partition(":")
-        rows = list(datasets.load_dataset(name, config or None, split=split or "train"))
+    elif _looks_like_hub_name(str(source)):
+        rows = _load_hub_qa(str(source), split)
     else:
         raise InputNotFoundError(f"QA set '{source}' not found (expected a .json/.jsonl/.parquet file, "
                                 "a saved datasets folder, or a hub name org/name)")
@@ -379,12 +427,38 @@ def load_qa(
         for key in (question_key, answer_key):
             if key not in row:
                 raise UserError(f"{source}: {where} has no field '{key}' (fields: {sorted(row)})")
+            if not isinstance(row[key], str):
+                raise UserError(f"{source}: {where}: field '{key}' is {type(row[key]).__name__}, expected text")
+            if not row[key].strip():
+                raise UserError(f"{source}: {where}: field '{key}' is empty; every QA pair needs a question and "
+                                "an answer")
         rec = dict(row)
         rec["question"] = row[question_key]
         rec["answer"] = row[answer_key]
         rec.setdefault("index", i)
         out.append(rec)
     return out
+
+
+def check_disjoint(forget: Sequence[QARecord], retain: Sequence[QARecord], forget_name: str = "the forget set",
+                   retain_name: str = "the retain set") -> None:
+    """Refuse forget and retain sets that share a QA pair (the same question and answer, whitespace aside):
+    the run would push the same answer down and up at once.
+
+    :raises UserError: the sets overlap (the message counts the pairs and names the first, 1-based)
+    """
+    def key(rec: QARecord) -> tuple[str, str]:
+        return " ".join(str(rec["question"]).split()), " ".join(str(rec["answer"]).split())
+
+    positions = {key(rec): i for i, rec in enumerate(forget)}
+    shared = [(positions[k], j) for j, rec in enumerate(retain) if (k := key(rec)) in positions]
+    if shared:
+        i, j = shared[0]
+        raise UserError(
+            f"{forget_name} and {retain_name} share {len(shared)} QA pair(s) (the first: record {i + 1} of the "
+            f"forget set = record {j + 1} of the retain set, {forget[i]['question'][:60]!r}); a pair cannot be "
+            "forgotten and retained at once: remove it from one of the sets"
+        )
 
 
 def tofu_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# hypothesis profiles: `ci` (the default: few examples, derandomized so CI runs are repeatable) and `slow`
+# (pytest --hypothesis-profile=slow: 1,000 examples per property test)
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("slow", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
 
 #: TOFU's jsonl files for the tests that read real TOFU data: the copy bundled in ``data/tofu``
 TOFU_DIR = Path(__file__).resolve().parents[1] / "data" / "tofu"
@@ -33,6 +42,32 @@ unlearn_stage:
   unlearn_modifiers:
     SparsityAwareUnlearningModifier: {max_steps: 3, batch_size: 2, learning_rate: 3.0e-3, progress: false}
 """
+
+#: the temporary names of ``sau_compress.io.atomic_output_dir`` (``.NAME.tmp-PID-XXXXXXXX``, ``.NAME.old-PID``)
+_LEFTOVER = re.compile(r"^\..+\.(tmp-\d+-[a-z0-9_]+|old-\d+)$")
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(str(p) for p in root.rglob(".*") if _LEFTOVER.match(p.name))
+
+
+@pytest.fixture(autouse=True)
+def _no_output_leftovers_after_test(request):
+    """No test leaves an unfinished or replaced output behind in its ``tmp_path``."""
+    folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if folder is not None:
+        left = _leftovers(folder)
+        assert not left, f"temporary output folders left behind: {left}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_output_leftovers_after_session(tmp_path_factory):
+    """Nor anywhere under the session's temporary folders (module-scoped ones included)."""
+    yield
+    left = _leftovers(tmp_path_factory.getbasetemp())
+    assert not left, f"temporary output folders left behind: {left}"
+
 
 @pytest.fixture(scope="session")
 def qa_records() -> list[dict]:

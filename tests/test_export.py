@@ -636,7 +636,7 @@ def test_cli_export_and_inspect_json(tmp_path, tokenizer):
     assert "vLLM <= 0.18.1" in text
 
     res = runner.invoke(app, ["inspect", str(tmp_path / "missing")])
-    assert res.exit_code == 2 and "no config.json" in " ".join(res.output.split())
+    assert res.exit_code == 2 and "missing' not found" in " ".join(res.output.split())
 
 
 # ---------------------------------------------------------------------------------------------------- quantized

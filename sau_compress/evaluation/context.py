@@ -63,9 +63,12 @@ class EvalContext:
         """Teacher-forced scores of every answer of every record (a list per record: one per answer option)."""
         key = (data, question_key, answer_key)
         if key not in self._scores:
-            items, groups = tokenize_answers(
-                self.tokenizer, self.records(data), question_key, answer_key, self.prompt_format, self.max_length
-            )
+            try:
+                items, groups = tokenize_answers(
+                    self.tokenizer, self.records(data), question_key, answer_key, self.prompt_format, self.max_length
+                )
+            except UserError as err:  # name the set
+                raise UserError(f"the {data} set: {err}") from err
             flat = score_items(
                 self.model, items, pad_token_id(self.tokenizer), self.batch_size, desc=f"scoring {data}:{answer_key}"
             )

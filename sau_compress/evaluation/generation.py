@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sau_compress.data import pad_token_id, prompt_ids, resolve_prompt_format
-from sau_compress.evaluation.scoring import model_device
+from sau_compress.evaluation.scoring import context_length, model_device
 from sau_compress.logs import progress_disabled
 
 __all__ = ["generate_answers", "stop_token_ids"]
@@ -51,6 +51,24 @@ def _cut_at_stop(tokens: list[int], stops: set[int]) -> list[int]:
     return tokens
 
 
+def _fit_context(prompts: list[list[int]], context: int | None, max_new_tokens: int,
+                 desc: str | None) -> list[list[int]]:
+    """Cut prompts longer than the model's context leaves room for (``context - max_new_tokens`` tokens, at
+    least half the context) to their last tokens, the ones right before the answer, with one warning."""
+    if context is None:
+        return prompts
+    budget = max(context - max_new_tokens, context // 2, 1)
+    long = [i for i, p in enumerate(prompts) if len(p) > budget]
+    if long:
+        longest = max(len(prompts[i]) for i in long)
+        logger.warning(
+            f"{desc or 'generation'}: {len(long)} of {len(prompts)} prompts are longer than the model's context "
+            f"allows ({context} tokens, {max_new_tokens} kept for the answer; longest {longest} tokens, records "
+            f"{[i + 1 for i in long[:5]]}); each keeps its last {budget} tokens"
+        )
+    return [p[-budget:] if len(p) > budget else p for p in prompts]
+
+
 @torch.no_grad()
 def generate_answers(
     model: nn.Module,
@@ -71,6 +89,10 @@ def generate_answers(
     :param prompt_format: ``auto`` | ``plain`` | ``chat`` (:func:`sau_compress.data.resolve_prompt_format`);
         the prompts are :func:`sau_compress.data.prompt_ids`, what precedes the answer in training
     :param desc: progress-bar label (no bar when ``None``)
+
+    Prompts longer than the model's context (:func:`~sau_compress.evaluation.scoring.context_length`) minus
+    ``max_new_tokens`` keep their last tokens, with a warning.
+
     :return: the decoded answers (special tokens skipped, whitespace stripped), in the input order
     """
     from transformers import GenerationConfig
@@ -91,7 +113,8 @@ def generate_answers(
         pad_token_id=pad,
     )
     fmt = resolve_prompt_format(tokenizer, prompt_format, log=False)
-    prompts = [prompt_ids(tokenizer, q, fmt) for q in questions]
+    prompts = _fit_context([prompt_ids(tokenizer, q, fmt) for q in questions], context_length(model),
+                           max_new_tokens, desc)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     device = model_device(model)
     answers: list[str] = [""] * len(prompts)

@@ -79,6 +79,17 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def context_length(model: nn.Module) -> int | None:
+    """The longest sequence the model's config says it reads (``max_position_embeddings`` or its older names),
+    or ``None`` when the config names none."""
+    config = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def tokenize_answers(
     tokenizer: Any,
     records: Sequence[dict[str, Any]],
@@ -97,8 +108,8 @@ def tokenize_answers(
         resolved once for all records
     :param max_length: longest tokenized sequence (the answer's tail is cut)
     :return: the flat list of tokenized items and, per record, the positions of its items in that list
-    :raises KeyError: a record without ``question_key`` or ``answer_key``
-    :raises TypeError: an answer that is neither a string nor a list of strings
+    :raises UserError: a record without ``question_key`` or ``answer_key``, or an answer that is neither a
+        string nor a non-empty list of strings (records counted from 1)
     """
     fmt = resolve_prompt_format(tokenizer, prompt_format, log=False)
     items: list[dict[str, list[int]]] = []
@@ -106,19 +117,22 @@ def tokenize_answers(
     for i, rec in enumerate(records):
         for key in (question_key, answer_key):
             if key not in rec:
-                raise UserError(f"record {i} has no field '{key}' (fields: {sorted(rec)})")
+                raise UserError(f"record {i + 1} has no field '{key}' (fields: {sorted(rec)})")
         answers = rec[answer_key]
         if isinstance(answers, str):
             answers = [answers]
         if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers) or not answers:
-            raise TypeError(
-                f"record {i}: field '{answer_key}' must be a string or a non-empty list of strings, "
+            raise UserError(
+                f"record {i + 1}: field '{answer_key}' must be a string or a non-empty list of strings, "
                 f"got {type(rec[answer_key]).__name__}"
             )
         positions = []
         for answer in answers:
             positions.append(len(items))
-            items.append(tokenize_qa(tokenizer, rec[question_key], answer, max_length, fmt))
+            try:
+                items.append(tokenize_qa(tokenizer, rec[question_key], answer, max_length, fmt))
+            except UserError as err:  # name the record
+                raise UserError(f"record {i + 1}: {err}") from err
         groups.append(positions)
     return items, groups
 

@@ -79,6 +79,7 @@ def load_model(path: str | os.PathLike[str], torch_dtype: torch.dtype | str | No
     :param path: model folder
     :param torch_dtype: dtype to load in; None keeps the stored dtype
     :return: the model
+    :raises InputNotFoundError: no weights file (``model.safetensors``, an index, or ``pytorch_model*.bin``)
     :raises CorruptCheckpointError: a corrupt file, tensor or a shape that does not match the config
     """
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -86,6 +87,8 @@ def load_model(path: str | os.PathLike[str], torch_dtype: torch.dtype | str | No
     folder = Path(path).expanduser()
     raw = read_config(folder)
     fmt = source_format(raw, folder)
+    if not any(folder.glob("pytorch_model*.bin")):  # safetensors: headers checked before transformers reads them
+        tensor_index(folder)
     dtype: Any = torch_dtype if torch_dtype is not None else "auto"
     if fmt is None or has_quantization(raw):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)

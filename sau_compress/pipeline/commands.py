@@ -159,8 +159,8 @@ def compare_runs(runs: Sequence[str | os.PathLike[str]], output: str | os.PathLi
 
 
 def _source(src: str) -> Path:
-    """A checkpoint folder, or a toy model name."""
-    return resolve_model(src) if src in TOY_MODELS else Path(src).expanduser()
+    """A checkpoint folder, or a toy model name (:func:`resolve_model`: a missing path or a file is named as such)."""
+    return resolve_model(src)
 
 
 def export_model(src: str, format: str, output: str | os.PathLike[str], overwrite: bool = False,

@@ -7,15 +7,18 @@ import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import Field
 
 from sau_compress.errors import InputNotFoundError, UserError
 
 __all__ = [
     "SAU_MODIFIER",
     "apply_overrides",
+    "check_field_ranges",
+    "known_modifiers",
     "list_recipes",
     "load_recipe",
     "modifier_entries",
@@ -158,11 +161,54 @@ def load_recipe(recipe: Mapping[str, Any]) -> Any:
     import sau_compress.modifier  # noqa: F401 - registers SparsityAwareUnlearningModifier
 
     try:
-        return Recipe.from_dict(dict(recipe))
+        built = Recipe.from_dict(dict(recipe))
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()
-        )
-        raise UserError(f"recipe rejected by {err.title}: {problems}") from err
+        raise UserError(f"recipe rejected by {err.title}: {_problems(err)}") from err
     except ValueError as err:  # llmcompressor's factory: a modifier name it does not know
-        raise UserError(f"recipe rejected: {err}") from err
+        raise UserError(f"recipe rejected: {err} Known modifiers: {', '.join(known_modifiers())}") from err
+    for modifier in built.modifiers:
+        check_field_ranges(modifier)
+    return built
+
+
+def _problems(err: Any) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()
+    )
+
+
+def known_modifiers() -> list[str]:
+    """The modifier class names a recipe may use (llmcompressor's and ours), sorted."""
+    from llmcompressor.modifiers import ModifierFactory
+
+    if not ModifierFactory._loaded:
+        ModifierFactory.refresh()
+    names = set(ModifierFactory._main_registry) | set(ModifierFactory._experimental_registry)
+    return sorted(names | set(ModifierFactory._registered_registry))
+
+
+_Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+#: valid ranges of fields that llmcompressor's modifiers declare without one (their pydantic models check the
+#: type only: ``SparseGPTModifier(sparsity=1.5)`` is accepted and fails, or prunes everything, much later)
+FIELD_RANGES: dict[str, Any] = {
+    "sparsity": _Fraction | list[_Fraction] | dict[str, _Fraction] | None,
+}
+
+
+def check_field_ranges(modifier: Any) -> None:
+    """Check a built modifier's fields against :data:`FIELD_RANGES`, through pydantic like its own fields.
+
+    :raises UserError: a value out of range (the message names the modifier, the field and the range)
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    for field, annotation in FIELD_RANGES.items():
+        if field not in type(modifier).model_fields:
+            continue
+        try:
+            TypeAdapter(annotation).validate_python(getattr(modifier, field))
+        except ValidationError as err:
+            raise UserError(
+                f"recipe rejected: {type(modifier).__name__}.{field} = {getattr(modifier, field)!r} is out of range: "
+                f"a fraction of the weights, 0 <= {field} < 1 (each value, for a list or a mapping)"
+            ) from err

@@ -22,7 +22,7 @@ from sau_compress.data import QARecord, QASetSpec, resolve_prompt_format
 from sau_compress.errors import OutputExistsError, UserError
 from sau_compress.export.config import FORMATS
 from sau_compress.masking import all_2of4, mean_sparsity, resolve_targets
-from sau_compress.pipeline.models import TOY_MODELS, load_model_and_tokenizer, resolve_model
+from sau_compress.pipeline.models import TOY_MODELS, load_model_and_tokenizer, pick_device, resolve_model
 from sau_compress.pipeline.oneshot import run_oneshot
 from sau_compress.pipeline.recipes import (
     SAU_MODIFIER,
@@ -73,6 +73,8 @@ def _prepare_recipe(
     from sau_compress.modifier import SparsityAwareUnlearningModifier
 
     recipe_dict = read_recipe(recipe)
+    if not any(name == SAU_MODIFIER for name, _ in modifier_entries(recipe_dict)):
+        raise UserError(f"recipe '{recipe}' has no {SAU_MODIFIER} stage")
     if overrides is not None and not isinstance(overrides, Mapping):
         overrides = parse_overrides(list(overrides))
     merged: dict[str, dict[str, Any]] = {cls: dict(v) for cls, v in (overrides or {}).items()}
@@ -140,8 +142,10 @@ def _load_sets(saus: list[Any], tokenizer: Any, prompt_format: str) -> tuple[dic
 
     jobs = []
     for sau in saus:
+        names = tuple(f"the {what} set '{spec.path}'" if spec is not None else f"the {what} set"
+                      for what, spec in (("forget", sau.forget), ("retain", sau.retain)))
         jobs.append(UnlearnJob.from_records(
-            tokenizer, records(sau.forget), records(sau.retain), sau.max_length, prompt_format
+            tokenizer, records(sau.forget), records(sau.retain), sau.max_length, prompt_format, names=names
         ))
         sau.assign(jobs[-1], records(sau.forget))
     return {"forget": records(saus[0].forget), "retain": records(saus[0].retain)}, jobs
@@ -235,6 +239,8 @@ def run(
         raise UserError(f"num_calibration_samples must be at least 1, got {num_calibration_samples}")
     if eval_limit is not None and eval_limit < 1:
         raise UserError(f"eval_limit must be at least 1, got {eval_limit}")
+    if device is not None:
+        pick_device(device)  # a bad or missing device fails before anything is read
     output = Path(output).expanduser().absolute()
     model_name = str(model)
     model_path = resolve_model(model_name)

@@ -11,7 +11,7 @@ import torch
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from torch import nn
 
-from sau_compress.data import QARecord, pad_token_id, resolve_prompt_format, tokenize_records
+from sau_compress.data import QARecord, check_disjoint, pad_token_id, resolve_prompt_format, tokenize_records
 from sau_compress.losses import LOSSES, get_loss
 from sau_compress.masking import PackedMask
 
@@ -236,16 +236,21 @@ class UnlearnJob:
         max_length: int = 256,
         prompt_format: str = "auto",
         callback: Callable[[int, nn.Module], bool] | None = None,
+        names: tuple[str, str] = ("the forget set", "the retain set"),
     ) -> UnlearnJob:
         """Tokenize QA records into a job (padding: :func:`sau_compress.data.pad_token_id`).
 
         :param prompt_format: ``auto`` | ``plain`` | ``chat``, resolved once for both sets
             (:func:`sau_compress.data.resolve_prompt_format`); saliency and training see these tokens
+        :param names: the sets as messages name them (``the forget set 'forget.jsonl'``)
+        :raises UserError: the sets share a QA pair (:func:`sau_compress.data.check_disjoint`)
         """
         fmt = resolve_prompt_format(tokenizer, prompt_format)
+        if retain is not None:
+            check_disjoint(forget, retain, *names)
         return cls(
-            forget=tokenize_records(tokenizer, forget, max_length, fmt),
-            retain=tokenize_records(tokenizer, retain, max_length, fmt) if retain is not None else None,
+            forget=tokenize_records(tokenizer, forget, max_length, fmt, what=names[0]),
+            retain=tokenize_records(tokenizer, retain, max_length, fmt, what=names[1]) if retain is not None else None,
             pad_token_id=pad_token_id(tokenizer),
             callback=callback,
             prompt_format=fmt,

@@ -205,6 +205,8 @@ def reuse_world(
             logger.info(f"{kind} world found in {root}")
             return cached
     check_writable_parent(root)
+    if root.exists() and not root.is_dir():
+        raise OutputExistsError(f"{where}'{root}' is a file, not a folder; name a folder to build the {kind} world in")
     if root.exists() and not (root / WORLD_FILE).is_file() and any(root.iterdir()):
         raise OutputExistsError(f"{where}'{root}' exists and does not hold a {kind} world; choose another folder")
     return None
