@@ -280,8 +280,8 @@ def test_run_with_a_chat_tokenizer_uses_chat_everywhere(tiny_recipe, qa_files, t
     real_job, real_oneshot, real_summarize = (UnlearnJob.from_records.__func__, run_module.run_oneshot,
                                               sau_compress.evaluation.summarize)
 
-    def job(cls, tokenizer, forget, retain, max_length=256, prompt_format="auto", callback=None):
-        made = real_job(cls, tokenizer, forget, retain, max_length, prompt_format, callback)
+    def job(cls, tokenizer, forget, retain, max_length=256, prompt_format="auto", callback=None, **kwargs):
+        made = real_job(cls, tokenizer, forget, retain, max_length, prompt_format, callback, **kwargs)
         seen["job"].append(tokenizer.decode(made.forget[0]["input_ids"]))
         return made
 
