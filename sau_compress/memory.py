@@ -23,6 +23,8 @@ import psutil
 import torch
 from torch import nn
 
+from sau_compress.shards import local_tensor
+
 __all__ = ["PeakMemory", "model_bytes", "release_free_memory"]
 
 
@@ -56,6 +58,7 @@ def model_bytes(model: nn.Module) -> int:
     seen: set[int] = set()
     total = 0
     for t in list(model.parameters()) + list(model.buffers()):
+        t = local_tensor(t.detach())  # a sharded parameter: the shard this process holds
         key = t.data_ptr()
         if key in seen:
             continue
