@@ -156,8 +156,20 @@ def _summarize(model: Any, tokenizer: Any, sets: dict[str, list[QARecord]], batc
 def target_layer_stats(model: torch.nn.Module, names: Sequence[str]) -> dict[str, Any]:
     """Sparsity (over all the layers, size-weighted) and whether all are 2:4, from the model's weights."""
     modules = dict(model.named_modules())
-    weights = {name: modules[name].weight.detach() for name in names}
-    return {"sparsity": mean_sparsity(weights), "two_four": all_2of4(weights.values()), "layers": len(names)}
+    return weight_stats({name: modules[name].weight.detach() for name in names})
+
+
+def weight_stats(weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Sparsity (size-weighted) and whether all are 2:4, from ``{layer name: weight}``."""
+    return {"sparsity": mean_sparsity(dict(weights)), "two_four": all_2of4(weights.values()), "layers": len(weights)}
+
+
+def pick_export_format(export_format: str, stats: Mapping[str, Any], quantized: bool) -> str:
+    """``auto`` -> ``sparse-24-bitmask`` when every target layer is 2:4 (and pruned) and nothing is
+    quantized, else ``dense``; any other format as given."""
+    if export_format != "auto":
+        return export_format
+    return "sparse-24-bitmask" if stats["two_four"] and stats["sparsity"] > 0 and not quantized else "dense"
 
 
 def run(
@@ -254,9 +266,7 @@ def run(
         logger.info(f"after: {after}")
 
     quantized = any(getattr(m, "quantization_scheme", None) is not None for m in net.modules())
-    fmt = export_format
-    if fmt == "auto":
-        fmt = "sparse-24-bitmask" if stats["two_four"] and stats["sparsity"] > 0 and not quantized else "dense"
+    fmt = pick_export_format(export_format, stats, quantized)
     summary: dict[str, Any] = {
         "output": str(output),
         "model": str(model_path),
