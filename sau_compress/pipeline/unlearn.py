@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,7 @@ def unlearn_model(
     eval_batch_size: int = 16,
     max_new_tokens: int = 64,
     device: str | None = None,
+    callback: Callable[[int, Any], bool] | None = None,
 ) -> dict[str, Any]:
     """Unlearn ``forget`` from a pruned model folder and write the result (the modifier's stage on its own).
 
@@ -134,6 +135,8 @@ def unlearn_model(
     :param evaluate: before/after ROUGE-L recall and answer NLL on forget and retain
     :param device: ``cpu`` or ``cuda`` (default: CUDA when available); under torchrun each process takes
         ``cuda:LOCAL_RANK``
+    :param callback: ``callback(step, model)`` after every optimizer step; ``True`` stops early (see
+        :func:`sau_compress.unlearn.unlearn`)
     :return: ``output``, ``model``, ``format``, ``prompt_format``, ``before``/``after``, ``sparsity``,
         ``two_four``, ``pattern_preserved``, ``requests`` (unlearning requests recorded in the output,
         this one included), ``unlearn`` (the result), ``rank``/``world_size``, ``seconds``, ``timings``
@@ -161,7 +164,7 @@ def unlearn_model(
         prompt_format = resolve_prompt_format(tokenizer, stage.prompt_format)
         records = {"forget": stage.forget.load(), "retain": stage.retain.load() if stage.retain else None}
         job = UnlearnJob.from_records(tokenizer, records["forget"], records["retain"], stage.max_length,
-                                      prompt_format)
+                                      prompt_format, callback)
         timings["load"] = time.perf_counter() - t
         eval_sets = {name: (recs or [])[:eval_limit] for name, recs in records.items()}
         if evaluate and not eval_sets["retain"]:
@@ -177,7 +180,7 @@ def unlearn_model(
 
         t = time.perf_counter()
         with torch.enable_grad():
-            result = unlearn(net, job.forget, job.retain, stage.config, job.pad_token_id, shard=shard)
+            result = unlearn(net, job.forget, job.retain, stage.config, job.pad_token_id, job.callback, shard=shard)
         timings["unlearn"] = time.perf_counter() - t
         if evaluate:
             t = time.perf_counter()
