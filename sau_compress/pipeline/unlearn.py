@@ -64,6 +64,15 @@ def _stage(model_path: Path, forget: str, retain: str | None, overrides: Sequenc
         raise UserError(f"unlearn settings rejected: {validation_problems(err)}") from err
 
 
+def _memory(result: Any, shard: Any) -> list[dict[str, Any]]:
+    """What each process held (one entry per rank): its model bytes (its shards), the optimizer state, the
+    mask bits and the measured peak."""
+    mine = {"model_bytes": result.extra["model_bytes"], "optimizer_state_bytes": result.optimizer_state_bytes,
+            "mask_bytes": result.extra["mask_bytes"], "peak_memory_bytes": result.peak_memory_bytes,
+            "memory_measure": result.memory_measure}
+    return shard.gather_objects(mine) if shard is not None else [mine]
+
+
 def _history(previous: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The unlearning records the input model's sidecar holds, oldest first."""
     if not previous:
@@ -138,7 +147,8 @@ def unlearn_model(
     :param callback: ``callback(step, model)`` after every optimizer step; ``True`` stops early (see
         :func:`sau_compress.unlearn.unlearn`)
     :return: ``output``, ``model``, ``format``, ``prompt_format``, ``before``/``after``, ``sparsity``,
-        ``two_four``, ``pattern_preserved``, ``requests`` (unlearning requests recorded in the output,
+        ``two_four``, ``pattern_preserved``, ``memory`` (per rank: model, optimizer-state and mask bytes, measured
+        peak), ``requests`` (unlearning requests recorded in the output,
         this one included), ``unlearn`` (the result), ``rank``/``world_size``, ``seconds``, ``timings``
     """
     from sau_compress.export import check_format, save_model, unlearning_record
@@ -212,6 +222,7 @@ def unlearn_model(
             "requests": len(history),
             "unlearn": result.to_dict(),
             "eval_records": {name: len(recs) for name, recs in eval_sets.items()} if evaluate else None,
+            "memory": _memory(result, shard),
             "rank": shard.rank if shard is not None else 0,
             "world_size": shard.world_size if shard is not None else 1,
         }

@@ -330,7 +330,7 @@ class _Runner:
             extra={
                 "planned_steps": len(plan), "beta": cfg.effective_beta(), "mean_sparsity": overall,
                 "learning_rates": out["learning_rates"], "weight_dtype": str(next(iter(self.params.values())).dtype),
-                "mask_bytes": sum(m.nbytes for m in masks.values()),
+                "mask_bytes": sum(m.nbytes for m in masks.values()), "model_bytes": model_bytes(self.model),
                 **({"shard": self.shard.describe()} if self.shard is not None else {}),
             },
             selected=self.selected,

@@ -135,6 +135,12 @@ class ShardContext:
         overall = int(counts[:, 0].sum()) / total if total else 0.0
         return sparsities, self.all_true(all_2of4(m.unpack() for m in masks.values())), overall
 
+    def gather_objects(self, value: Any) -> list[Any]:
+        """``value`` of every process, in rank order (picklable values)."""
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
     def barrier(self) -> None:
         """Wait for every process."""
         dist.barrier()
