@@ -6,9 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from sau_compress.cli._common import JSON_OPTION, console, emit, err_console, kv_table, stdout_to_stderr, user_errors
+from sau_compress.cli._common import (
+    JSON_OPTION,
+    before_after_table,
+    console,
+    emit,
+    err_console,
+    kv_table,
+    stdout_to_stderr,
+    user_errors,
+)
 
 
 def _render(result: dict[str, Any]) -> None:
@@ -29,13 +37,7 @@ def _render(result: dict[str, Any]) -> None:
     }
     console.print(kv_table("sau-compress unlearn", rows))
     if result.get("before") and result.get("after"):
-        table = Table(title="before / after")
-        for col in ("metric", "before", "after", "change"):
-            table.add_column(col)
-        for key in ("forget_rouge", "retain_rouge", "forget_nll", "retain_nll"):
-            b, a = result["before"][key], result["after"][key]
-            table.add_row(key, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}")
-        console.print(table)
+        console.print(before_after_table(result))
 
 
 def unlearn(

@@ -153,6 +153,28 @@ def _summarize(model: Any, tokenizer: Any, sets: dict[str, list[QARecord]], batc
                          max_new_tokens=max_new_tokens, prompt_format=prompt_format)
 
 
+def eval_sets_for(records: Mapping[str, list[QARecord] | None], eval_limit: int | None,
+                  evaluate: bool) -> dict[str, list[QARecord]]:
+    """The first ``eval_limit`` records of each set, for the before/after summary.
+
+    :raises UserError: ``evaluate`` without a retain set
+    """
+    sets = {name: (recs or [])[:eval_limit] for name, recs in records.items()}
+    if evaluate and not sets["retain"]:
+        raise UserError("evaluation needs a retain set: pass --retain (or --no-eval)")
+    return sets
+
+
+def timed_summary(model: Any, tokenizer: Any, sets: dict[str, list[QARecord]], batch_size: int,
+                  max_new_tokens: int, prompt_format: str, timings: dict[str, float], when: str) -> dict[str, float]:
+    """The before/after summary (:func:`_summarize`), its seconds recorded as ``timings["evaluate_<when>"]``."""
+    t = time.perf_counter()
+    out = _summarize(model, tokenizer, sets, batch_size, max_new_tokens, prompt_format)
+    timings[f"evaluate_{when}"] = time.perf_counter() - t
+    logger.info(f"{when}: {out}")
+    return out
+
+
 def target_layer_stats(model: torch.nn.Module, names: Sequence[str]) -> dict[str, Any]:
     """Sparsity (over all the layers, size-weighted) and whether all are 2:4, from the model's weights."""
     modules = dict(model.named_modules())
@@ -240,15 +262,11 @@ def run(
     sets, jobs = _load_sets(saus, tokenizer, prompt_format)
     timings["load"] = time.perf_counter() - t
 
-    eval_sets = {name: (recs or [])[:eval_limit] for name, recs in sets.items()}
-    if evaluate and not eval_sets["retain"]:
-        raise UserError("evaluation needs a retain set: pass --retain (or --no-eval)")
+    eval_sets = eval_sets_for(sets, eval_limit, evaluate)
     before = after = None
     if evaluate:
-        t = time.perf_counter()
-        before = _summarize(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format)
-        timings["evaluate_before"] = time.perf_counter() - t
-        logger.info(f"before: {before}")
+        before = timed_summary(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format, timings,
+                               "before")
 
     t = time.perf_counter()
     calibration_records = load_qa(calibration) if calibration is not None else sets["retain"]
@@ -260,10 +278,8 @@ def run(
         raise RuntimeError(f"{SAU_MODIFIER} did not run (no calibration-start event from the pipeline)")
     stats = target_layer_stats(net, list(results[-1].masks))
     if evaluate:
-        t = time.perf_counter()
-        after = _summarize(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format)
-        timings["evaluate_after"] = time.perf_counter() - t
-        logger.info(f"after: {after}")
+        after = timed_summary(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format, timings,
+                              "after")
 
     quantized = any(getattr(m, "quantization_scheme", None) is not None for m in net.modules())
     fmt = pick_export_format(export_format, stats, quantized)

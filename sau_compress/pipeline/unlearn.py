@@ -28,10 +28,11 @@ from sau_compress.pipeline.models import load_model_and_tokenizer, resolve_model
 from sau_compress.pipeline.recipes import SAU_MODIFIER, parse_overrides, validation_problems
 from sau_compress.pipeline.run import (
     EXPORT_FORMATS,
-    _summarize,
     check_output,
+    eval_sets_for,
     pick_export_format,
     target_layer_stats,
+    timed_summary,
     weight_stats,
 )
 
@@ -176,15 +177,11 @@ def unlearn_model(
         job = UnlearnJob.from_records(tokenizer, records["forget"], records["retain"], stage.max_length,
                                       prompt_format, callback)
         timings["load"] = time.perf_counter() - t
-        eval_sets = {name: (recs or [])[:eval_limit] for name, recs in records.items()}
-        if evaluate and not eval_sets["retain"]:
-            raise UserError("evaluation needs a retain set: pass --retain (or --no-eval)")
+        eval_sets = eval_sets_for(records, eval_limit, evaluate)
         before = after = None
         if evaluate:  # on the whole model, before it is sharded (every process gets the same numbers)
-            t = time.perf_counter()
-            before = _summarize(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format)
-            timings["evaluate_before"] = time.perf_counter() - t
-            logger.info(f"before: {before}")
+            before = timed_summary(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format,
+                                   timings, "before")
         if shard is not None:
             shard.shard_model(net)
 
@@ -193,10 +190,8 @@ def unlearn_model(
             result = unlearn(net, job.forget, job.retain, stage.config, job.pad_token_id, job.callback, shard=shard)
         timings["unlearn"] = time.perf_counter() - t
         if evaluate:
-            t = time.perf_counter()
-            after = _summarize(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format)
-            timings["evaluate_after"] = time.perf_counter() - t
-            logger.info(f"after: {after}")
+            after = timed_summary(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format,
+                                  timings, "after")
 
         t = time.perf_counter()
         state = shard.gather_state(net) if shard is not None else None  # every process takes part

@@ -94,24 +94,21 @@ class ShardContext:
 
     # ---- collectives (sau_compress.selection.Collective)
 
-    def _on_device(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.device]:
-        return tensor.to(self.device), tensor.device
+    def _all_reduce(self, tensor: torch.Tensor, op: Any) -> torch.Tensor:
+        """All-reduce in place through this process's device (gloo: CPU tensors, NCCL: CUDA); return it."""
+        work = tensor.to(self.device)
+        dist.all_reduce(work, op=op)
+        if work is not tensor:
+            tensor.copy_(work.to(tensor.device))
+        return tensor
 
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum over the processes, in place (through this process's device); return the tensor."""
-        work, home = self._on_device(tensor)
-        dist.all_reduce(work, op=dist.ReduceOp.SUM)
-        if work is not tensor:
-            tensor.copy_(work.to(home))
-        return tensor
+        """Sum over the processes, in place; return the tensor."""
+        return self._all_reduce(tensor, dist.ReduceOp.SUM)
 
     def all_max(self, tensor: torch.Tensor) -> torch.Tensor:
         """Maximum over the processes, in place; return the tensor."""
-        work, home = self._on_device(tensor)
-        dist.all_reduce(work, op=dist.ReduceOp.MAX)
-        if work is not tensor:
-            tensor.copy_(work.to(home))
-        return tensor
+        return self._all_reduce(tensor, dist.ReduceOp.MAX)
 
     def sum_before(self, value: int) -> int:
         """Sum of ``value`` over the processes of lower rank."""
