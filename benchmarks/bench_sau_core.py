@@ -118,7 +118,7 @@ def plain_adamw_loop(model: Any, forget: list[dict], retain: list[dict], cfg: Un
     for f_idx, r_idx in plan:
         f_loss, nf = loss_of([forget[i] for i in f_idx])
         r_loss, nr = loss_of([retain[j] for j in r_idx])
-        (-cfg.gamma * f_loss + cfg.retain_weight * r_loss).backward()
+        (-cfg.effective_gamma() * f_loss + cfg.retain_weight * r_loss).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         tokens += nf + nr

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pruners", default=None, help="comma list of magnitude,wanda,sparsegpt")
     p.add_argument("--structures", default=None, help="comma list of 50%%,2:4")
     p.add_argument("--methods", default=None, help="comma list of grad_diff,npo,simnpo,grad_ascent")
-    p.add_argument("--modes", default=None, help="comma list of dense,masked,topk,sau (default: per world)")
+    p.add_argument("--modes", default=None,
+                   help="comma list of dense,masked,topk,sau,naive,naive-reprune (default: per world)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; quick 1)")
     p.add_argument("--lr", action="append", help="METHOD=LR (repeatable); defaults: %s" % DEFAULT_LR)
     p.add_argument("--max-steps", type=int, default=None, help="step cap per run (default: toy 120, tofu 80)")
@@ -141,13 +142,13 @@ FULL_PROFILE: dict[str, dict[str, Any]] = {
     "toy": {"modes": ["dense", "topk", "sau"],
             "cells": {"grad_diff": _ALL_SETTINGS, "npo": [("sparsegpt", "2:4")], "simnpo": [("sparsegpt", "2:4")],
                       "grad_ascent": [("sparsegpt", "2:4")]}},
-    "tofu": {"modes": list(core.MODES),
+    "tofu": {"modes": list(core.DEFAULT_MODES),
              "cells": {"grad_diff": [(p, "2:4") for p in core.PRUNERS]}},
 }
 QUICK_PROFILE: dict[str, dict[str, Any]] = {
-    "toy": {"modes": list(core.MODES),
+    "toy": {"modes": list(core.DEFAULT_MODES),
             "cells": {"grad_diff": [("sparsegpt", "2:4"), ("magnitude", "50%")]}},
-    "tofu": {"modes": list(core.MODES), "cells": {"grad_diff": [("sparsegpt", "2:4")]}},
+    "tofu": {"modes": list(core.DEFAULT_MODES), "cells": {"grad_diff": [("sparsegpt", "2:4")]}},
 }
 #: the sweep's setting per world (SAU mode); the full run sweeps the toy world only (``SWEEP_WORLDS``)
 SWEEP_SETTING = {"toy": ("sparsegpt 2:4", "grad_diff"), "tofu": ("sparsegpt 2:4", "grad_diff")}

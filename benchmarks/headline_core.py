@@ -21,6 +21,7 @@ from sau_compress.data import load_qa, tofu_data_dir, tokenize_records
 from sau_compress.io import atomic_output_dir, cache_dir
 
 __all__ = [
+    "DEFAULT_MODES",
     "FQ_DECADES",
     "METHODS",
     "MODES",
@@ -44,7 +45,12 @@ PRUNERS = ("magnitude", "wanda", "sparsegpt")
 #: structure label -> ``mask_structure`` as llmcompressor spells it for SparseGPT/Wanda
 STRUCTURES = {"50%": "0:0", "2:4": "2:4"}
 METHODS = ("grad_diff", "npo", "simnpo", "grad_ascent")
-MODES = ("dense", "masked", "topk", "sau")
+#: every mode the benchmark can run: the toolkit's modes, plus the baselines a practitioner gets without it
+#: (``naive``: no mask while training, the original mask re-applied at the end; ``naive-reprune``: no mask, then
+#: the same pruner run again on the unlearned model)
+MODES = ("dense", "masked", "topk", "sau", "naive", "naive-reprune")
+#: the modes a profile runs unless told otherwise
+DEFAULT_MODES = ("dense", "masked", "topk", "sau")
 #: forget quality is a KS p-value; its log-scaled score reaches 0 at this many decades below 1 (two fully
 #: separated samples of 40 truth ratios give p ~ 1e-20)
 FQ_DECADES = 20.0
@@ -93,6 +99,8 @@ class World:
     retain_model_rouge: dict[str, float] = field(default_factory=dict)
     forget_items: list[dict[str, Any]] = field(default_factory=list)
     retain_items: list[dict[str, Any]] = field(default_factory=list)
+    #: SHA-256 of the memorizer's and the retain model's weights (builds differ across machines)
+    weights_sha256: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary of the world's scale."""
@@ -109,6 +117,7 @@ class World:
             "memorizer_rouge": self.memorizer_rouge,
             "retain_model_rouge": self.retain_model_rouge,
             "max_new_tokens": self.max_new_tokens,
+            "weights_sha256": self.weights_sha256,
         }
 
 
@@ -180,6 +189,7 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
         train_device=train_device,
         memorizer_rouge=dict(built.rouge),
         retain_model_rouge=dict(built.retain_model_rouge),
+        weights_sha256=dict(built.weights_sha256),
     )
     world.forget_items = tokenize_records(tokenizer, world.forget, max_length=256)
     world.retain_items = tokenize_records(tokenizer, world.retain, max_length=256)
@@ -385,17 +395,28 @@ def run_unlearning(
 
     reached_at_start = start_rouge <= world.target
     result = None
+    reprune = spec.mode == "naive-reprune"
+    if reprune and spec.setting == "unpruned":
+        raise ValueError("naive-reprune needs a pruned setting")
     if not reached_at_start:
-        # the recipe path users run: the SAU stage inside oneshot, fed the world's tokenized sets
+        # the recipe path users run: the SAU stage inside oneshot, fed the world's tokenized sets; naive-reprune
+        # is the stage in mode 'unmasked' followed by the setting's pruner (calibrated as in `prune`)
         modifier = SparsityAwareUnlearningModifier(
-            method=spec.method, mode=spec.mode, topk_ratio=spec.topk_ratio, alpha=spec.alpha,
+            method=spec.method, mode="unmasked" if reprune else spec.mode, topk_ratio=spec.topk_ratio,
+            alpha=spec.alpha,
             learning_rate=spec.learning_rate, max_steps=max_steps, batch_size=batch_size,
             retain_weight=_retain_weight(spec.method), seed=spec.seed, device=device, progress=False,
             allow_dense=spec.setting == "unpruned",
         )
         job = UnlearnJob(world.forget_items, world.retain_items, world.tokenizer.pad_token_id, callback)
         modifier.assign(job)
-        run_oneshot(model, world.tokenizer, [modifier])
+        if reprune:
+            pruner, structure = spec.setting.split(" ")
+            run_oneshot(model, world.tokenizer, [modifier, _pruner(pruner, structure)],
+                        calibration=_evenly(world.retain, CALIBRATION_SAMPLES),
+                        num_calibration_samples=CALIBRATION_SAMPLES, max_seq_length=256)
+        else:
+            run_oneshot(model, world.tokenizer, [modifier])
         result = job.results[0]
     model.to(device)
     t = time.perf_counter()
@@ -428,7 +449,8 @@ def run_unlearning(
         "peak_memory_bytes": 0 if result is None else result.peak_memory_bytes,
         "memory_measure": None if result is None else result.memory_measure,
         "optimizer_state_bytes": 0 if result is None else result.optimizer_state_bytes,
-        "pattern_preserved": True if result is None else result.pattern_preserved,
+        "pattern_preserved": True if result is None else result.pattern_preserved or reprune,
+        "world_weights_sha256": world.weights_sha256.get("model"),
         "device": device,
         **metrics,
     }
@@ -455,7 +477,7 @@ def unlearn_then_sparsify(
     return {
         **{k: base[k] for k in ("world", "method", "seed", "learning_rate", "steps", "reached", "train_seconds",
                                 "seconds_per_step", "peak_memory_bytes", "optimizer_state_bytes", "device",
-                                "target")},
+                                "world_weights_sha256", "target")},
         "key": f"uts|{base['key']}|{pruner} {structure}",
         "kind": "unlearn_then_sparsify",
         "setting": f"{pruner} {structure}",

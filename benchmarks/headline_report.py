@@ -17,7 +17,7 @@ TABLE_COLUMNS = (
     "world", "setting", "method", "mode", "runs", "reached", "steps", "forget ROUGE-L", "log10 FQ",
     "model utility", "aggregate", "train s", "s/step", "peak MiB",
 )
-MODE_ORDER = {"dense": 0, "masked": 1, "topk": 2, "sau": 3, "unlearn→prune": 4}
+MODE_ORDER = {"dense": 0, "masked": 1, "topk": 2, "sau": 3, "naive": 4, "naive-reprune": 5, "unlearn→prune": 6}
 
 
 def _mean_std(values: Iterable[float | None], digits: int = 3) -> str:
@@ -131,10 +131,45 @@ def comparison_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
 
 PAIRED_COLUMNS = (
     "world", "pruner", "pair", "pairs", "not reached", "Δ log10 FQ", "FQ higher", "Δ utility", "utility higher",
-    "Δ aggregate", "aggregate higher", "steps ratio", "time ratio", "memory ratio",
+    "Δ utility 95% CI", "Δ aggregate", "aggregate higher", "Δ aggregate 95% CI", "verdict", "steps ratio",
+    "time ratio", "memory ratio",
 )
+#: paired differences need at least this many pairs for a confidence interval
+MIN_PAIRS_FOR_CI = 3
+
+
+def paired_interval(deltas: Sequence[float], confidence: float = 0.95, resamples: int = 10_000,
+                    seed: int = 0) -> tuple[float, float] | None:
+    """Bootstrap confidence interval (percentile method, ``scipy.stats.bootstrap``) of the mean of paired
+    differences; ``None`` below :data:`MIN_PAIRS_FOR_CI` pairs. Deterministic for a seed; identical deltas give
+    the degenerate interval (d, d)."""
+    if len(deltas) < MIN_PAIRS_FOR_CI:
+        return None
+    if max(deltas) == min(deltas):
+        return float(deltas[0]), float(deltas[0])
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    res = bootstrap((np.asarray(deltas, dtype=float),), np.mean, confidence_level=confidence,
+                    n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def verdict(interval: tuple[float, float] | None) -> str:
+    """``win`` / ``loss`` when the interval lies above / below 0, ``no difference`` when it holds 0, ``–``
+    without an interval."""
+    if interval is None:
+        return "–"
+    low, high = interval
+    return "win" if low > 0 else "loss" if high < 0 else "no difference"
+
+
+def _fmt_interval(interval: tuple[float, float] | None) -> str:
+    return "–" if interval is None else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
+
 #: (a, b): each row compares mode a against mode b
-PAIRS = (("sau", "dense"), ("topk", "dense"), ("sau", "topk"), ("masked", "dense"))
+PAIRS = (("sau", "dense"), ("topk", "dense"), ("sau", "topk"), ("masked", "dense"), ("sau", "naive"),
+         ("topk", "naive"), ("dense", "naive"), ("sau", "naive-reprune"), ("dense", "naive-reprune"))
 
 
 def paired_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
@@ -158,8 +193,9 @@ def paired_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
                 if not both:
                     continue
                 ok = [(x, y) for x, y in both if x["reached"] and y["reached"]]
-                row = {"world": world, "pruner": pruner, "pair": f"{a} − {b}", "pairs": str(len(ok)),
-                       "not reached": str(len(both) - len(ok))}
+                row = {col: "–" for col in PAIRED_COLUMNS}
+                row.update({"world": world, "pruner": pruner, "pair": f"{a} − {b}", "pairs": str(len(ok)),
+                            "not reached": str(len(both) - len(ok))})
                 if ok:
                     for delta_col, wins_col, key in (("Δ log10 FQ", "FQ higher", "forget_quality"),
                                                      ("Δ utility", "utility higher", "model_utility"),
@@ -169,6 +205,11 @@ def paired_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
                                   if x[key] is not None and y[key] is not None]
                         row[delta_col] = f"{statistics.fmean(deltas):+.3f}" if deltas else "–"
                         row[wins_col] = f"{sum(d > 0 for d in deltas)}/{len(deltas)}"
+                        if key != "forget_quality":
+                            interval = paired_interval(deltas)
+                            row[f"{delta_col} 95% CI"] = _fmt_interval(interval)
+                            if key == "aggregate":
+                                row["verdict"] = verdict(interval)
                     for col, key in (("steps ratio", "steps"), ("time ratio", "train_seconds"),
                                      ("memory ratio", "peak_memory_bytes")):
                         use = [(x, y) for x, y in ok if key != "peak_memory_bytes" or len(_memory_ok([x, y])) == 2]
@@ -267,7 +308,7 @@ def _fmt_dict(d: dict[str, float]) -> str:
 # ------------------------------------------------------------------------------------------------ plots
 
 _COLORS = {"dense": "tab:grey", "masked": "tab:blue", "topk": "tab:orange", "sau": "tab:red",
-           "unlearn→prune": "tab:green", "unpruned": "black"}
+           "naive": "tab:brown", "naive-reprune": "tab:pink", "unlearn→prune": "tab:green", "unpruned": "black"}
 
 
 def plot_tradeoffs(records: Sequence[dict[str, Any]], world: str, path: Path) -> bool:

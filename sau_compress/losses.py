@@ -7,12 +7,15 @@ retain term either the token-mean NLL (:func:`retain_nll`) or the KL to the star
 tokens (:func:`kl_to_reference`). Reference quantities (NPO's NLLs, KL's log-probabilities) are computed
 once before training, so no second model is held in memory.
 
-| name | forget term (per batch of B sequences) | retain | β default |
-|---|---|---|---|
-| ``grad_ascent`` | ``-Σ nll / Σ tokens`` (minus the token-mean NLL) | no | — |
-| ``grad_diff`` | as ``grad_ascent`` | yes | — |
-| ``npo`` | ``-(2/β) · mean_b log σ(β (nll_b - nll_ref_b))`` (nll = summed over the answer) | yes | 0.1 |
-| ``simnpo`` | ``-(2/β) · mean_b log σ(β (nll_b / tokens_b - δ))`` | yes | 4.5 |
+| name | forget term (per batch of B sequences) | retain | β default | γ default |
+|---|---|---|---|---|
+| ``grad_ascent`` | ``-Σ nll / Σ tokens`` (minus the token-mean NLL) | no | — | 1 |
+| ``grad_diff`` | as ``grad_ascent`` | yes | — | 1 |
+| ``npo`` | ``-(2/β) · mean_b log σ(β (nll_b - nll_ref_b))`` (nll = summed over the answer) | yes | 0.1 | 1 |
+| ``simnpo`` | ``-(2/β) · mean_b log σ(β (nll_b / tokens_b - δ))`` | yes | 4.5 | 0.125 |
+
+γ weighs the forget term against the retain term (weight ``retain_weight``); the defaults are
+open-unlearning's trainer defaults.
 """
 
 from __future__ import annotations
@@ -140,6 +143,7 @@ class UnlearningLoss:
     uses_retain: bool
     needs_reference_nll: bool = False
     default_beta: float | None = None
+    default_gamma: float = 1.0
 
 
 LOSSES: dict[str, UnlearningLoss] = {}
@@ -156,7 +160,7 @@ def register_loss(entry: UnlearningLoss) -> UnlearningLoss:
 register_loss(UnlearningLoss("grad_ascent", grad_ascent_loss, uses_retain=False))
 register_loss(UnlearningLoss("grad_diff", grad_ascent_loss, uses_retain=True))
 register_loss(UnlearningLoss("npo", npo_loss, uses_retain=True, needs_reference_nll=True, default_beta=0.1))
-register_loss(UnlearningLoss("simnpo", simnpo_loss, uses_retain=True, default_beta=4.5))
+register_loss(UnlearningLoss("simnpo", simnpo_loss, uses_retain=True, default_beta=4.5, default_gamma=0.125))
 
 
 def get_loss(name: str) -> UnlearningLoss:

@@ -94,7 +94,8 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
     Lifecycle:
 
     - on_initialize
-        - note the pruning stages after this one; refuse a quantization stage before it
+        - note the pruning stages after this one; refuse a quantization stage before it, and mode
+          ``unmasked`` with no pruning stage after it
         - unless a caller assigned a job (:meth:`assign`): load the forget/retain sets
           (:meth:`~sau_compress.data.QASetSpec.load`) and tokenize them (:meth:`UnlearnJob.from_records`)
     - on_calibration_start (the earlier stages have pruned by now)
@@ -252,6 +253,11 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
 
         earlier, later = modifiers[:position], modifiers[position + 1 :]
         self._pruning_after = [type(m).__name__ for m in later if _is_pruning(m)]
+        if self.mode == "unmasked" and not self._pruning_after:
+            raise UserError(
+                "SparsityAwareUnlearningModifier with mode 'unmasked' leaves the pruned weights non-zero and no "
+                "pruning stage follows it: put the pruner again after it (naive-reprune) or use mode 'naive'"
+            )
         quantization_before = [type(m).__name__ for m in earlier if isinstance(m, QuantizationMixin)]
         if quantization_before:
             raise UserError(

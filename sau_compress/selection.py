@@ -12,6 +12,7 @@ entries, so a layer's selection costs ``|G|`` integers instead of a full mask.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,9 +26,11 @@ __all__ = [
     "redistribute",
     "saliency_ratio",
     "build_selection_compact",
+    "contrastive_score",
     "select_topk",
     "select_topk_compact",
     "selection_mask",
+    "selection_stats",
     "topk_count",
 ]
 
@@ -238,6 +241,29 @@ def build_selection(
     return build_selection_compact(fisher[mask], pruned_total, mask, topk_ratio, alpha, max_scale, redistribution)
 
 
+def contrastive_score(forget: torch.Tensor, retain: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """The ``contrastive`` ranking of a layer's surviving entries: ``F / (F_r + ε·mean F_r)``.
+
+    Large where the forget set's Fisher is large *and* the retain set's is small, so G avoids weights that
+    retained knowledge needs. ε is relative to the layer's mean retain Fisher, which keeps the ratio finite and
+    makes it scale-free (multiplying F_r by a constant leaves the ranking unchanged). A layer whose retain
+    Fisher is zero everywhere has nothing to contrast with: its score is F itself.
+
+    :param forget: F on the surviving entries, fp32 ``[n]``
+    :param retain: F_r on the same entries, ``[n]``
+    :param eps: ε > 0
+    :return: the score, fp32 ``[n]``
+    """
+    if forget.shape != retain.shape:
+        raise ValueError(f"forget and retain saliency differ in shape: {tuple(forget.shape)} != {tuple(retain.shape)}")
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    mean = float(retain.double().mean()) if retain.numel() else 0.0
+    if mean <= 0.0:
+        return forget.float()
+    return forget.float() / (retain.float() + eps * mean)
+
+
 def build_selection_compact(
     surviving_fisher: torch.Tensor,
     pruned_total: float,
@@ -246,6 +272,7 @@ def build_selection_compact(
     alpha: float = 0.1,
     max_scale: float = 10.0,
     redistribution: bool = True,
+    score: torch.Tensor | None = None,
 ) -> LayerSelection:
     """G and (optionally) W for one layer from the compact saliency the loop keeps: F on the surviving
     entries (row-major order) and the total of F over the pruned ones (all ρ needs of them).
@@ -253,9 +280,13 @@ def build_selection_compact(
     :param surviving_fisher: ``F[M]``, fp32 ``[n_surviving]``
     :param pruned_total: ``ΣF[M=0]``
     :param mask: frozen mask M ``[out, in]`` (True = surviving)
+    :param score: what ranks the survivors for G (e.g. :func:`contrastive_score`), ``[n_surviving]``;
+        ``None``: F. ρ and W are computed from F either way
     :return: the layer's :class:`LayerSelection`; ``indices`` are int32 below 2**31 entries
     """
-    indices, positions = select_topk_compact(surviving_fisher, mask, topk_ratio)
+    if score is not None and score.shape != surviving_fisher.shape:
+        raise ValueError(f"score shape {tuple(score.shape)} != saliency shape {tuple(surviving_fisher.shape)}")
+    indices, positions = select_topk_compact(surviving_fisher if score is None else score, mask, topk_ratio)
     rho = _ratio(float(pruned_total), float(surviving_fisher.double().sum()))
     scale = None
     n_clipped = 0
@@ -267,6 +298,27 @@ def build_selection_compact(
         indices=indices, scale=scale, numel=mask.numel(), n_surviving=surviving_fisher.numel(), rho=rho,
         n_clipped=n_clipped,
     )
+
+
+def selection_stats(layers: dict[str, dict[str, float | int | None]]) -> dict[str, float | int | None]:
+    """A run's redistribution in a few numbers, from the per-layer :meth:`LayerSelection.summary` records:
+    ρ (mean, median, max over layers), W (mean of the layers' means, max), the share of G clipped at
+    ``max_scale``, and |G| over all surviving entries. ``None`` for what a mode does not compute (``rho`` is
+    ``None`` outside ``sau``/``topk``)."""
+    rhos = [float(info["rho"]) for info in layers.values() if info.get("rho") is not None]
+    sel = [info for info in layers.values() if "w_mean" in info]
+    n_selected = sum(int(info["n_selected"]) for info in sel)
+    n_surviving = sum(int(info["n_surviving"]) for info in sel)
+    return {
+        "layers": len(layers),
+        "rho_mean": statistics.fmean(rhos) if rhos else None,
+        "rho_median": statistics.median(rhos) if rhos else None,
+        "rho_max": max(rhos) if rhos else None,
+        "w_mean": statistics.fmean(float(info["w_mean"]) for info in sel) if sel else None,
+        "w_max": max(float(info["w_max"]) for info in sel) if sel else None,
+        "clipped_share": sum(int(info["n_clipped"]) for info in sel) / n_selected if n_selected else None,
+        "selected_share": n_selected / n_surviving if n_surviving else None,
+    }
 
 
 # ------------------------------------------------------------------------------ sharded layers (FSDP2)
@@ -319,6 +371,7 @@ def build_selection_sharded(
     max_scale: float,
     redistribution: bool,
     comm: Collective,
+    score: torch.Tensor | None = None,
 ) -> tuple[LayerSelection, dict[str, float | int]]:
     """:func:`build_selection_compact` for a layer whose rows are split over processes, each calling this with
     its row block: the same G as one process would select from the whole layer (the k-th largest saliency
@@ -328,6 +381,8 @@ def build_selection_sharded(
     :param pruned_total: ΣF over this process's pruned entries
     :param mask: this process's rows of the frozen mask
     :param comm: the processes (:class:`Collective`)
+    :param score: what ranks the survivors for G (non-negative) on this process's rows, computed from the
+        whole layer's figures; ``None``: F. ρ and W come from F either way
     :return: this process's :class:`LayerSelection` (indices into its own rows) and the layer's summary
         (the numbers of :meth:`LayerSelection.summary`, for the whole layer)
     """
@@ -341,7 +396,9 @@ def build_selection_sharded(
     counts = comm.all_sum(torch.tensor([n_local, mask.numel()], dtype=torch.int64, device=device))
     n_surviving, numel = int(counts[0]), int(counts[1])
     k = topk_count(n_surviving, topk_ratio)
-    scores = surviving_fisher.float().contiguous()
+    if score is not None and score.shape != surviving_fisher.shape:
+        raise ValueError(f"score shape {tuple(score.shape)} != saliency shape {tuple(surviving_fisher.shape)}")
+    scores = (surviving_fisher if score is None else score).float().contiguous()
     if k == 0:
         positions = torch.zeros(0, dtype=torch.long, device=device)
     else:

@@ -150,3 +150,32 @@ def test_paired_rows_keep_only_pairs_that_both_reached_the_target() -> None:
     assert row["Δ log10 FQ"] == "+0.000" and row["FQ higher"] == "1/2"  # +1 and -1 decades
     assert row["steps ratio"] == "2.00"  # (15 + 25) / (10 + 10)
     assert row["memory ratio"] == "1.00"
+
+
+def test_paired_interval_and_verdict() -> None:
+    from headline_report import paired_interval, verdict
+
+    up = paired_interval([1.0, 1.1, 0.9, 1.2, 1.05])
+    assert up is not None and 0.9 <= up[0] < 1.05 < up[1] <= 1.2 and verdict(up) == "win"
+    assert paired_interval([1.0, 1.1, 0.9, 1.2, 1.05]) == up  # seeded
+    mixed = paired_interval([1.0, -1.0, 0.5, -0.5])
+    assert mixed[0] < 0 < mixed[1] and verdict(mixed) == "no difference"
+    assert verdict(paired_interval([-1.0, -1.1, -0.9])) == "loss"
+    assert paired_interval([0.2, 0.2, 0.2]) == (0.2, 0.2)
+    assert paired_interval([1.0, 2.0]) is None and verdict(None) == "–"
+
+
+def test_paired_rows_give_intervals_from_three_pairs() -> None:
+    from headline_report import paired_rows
+
+    def rec(mode: str, seed: int, mu: float) -> dict:
+        return {"world": "toy", "kind": "matrix", "setting": "sparsegpt 2:4", "method": "grad_diff", "mode": mode,
+                "seed": seed, "learning_rate": 1e-3, "reached": True, "steps": 10, "forget_quality": 0.1,
+                "model_utility": mu, "aggregate": mu, "train_seconds": 1.0, "peak_memory_bytes": 100}
+
+    records = [rec("naive", s, 0.5) for s in range(4)] + [rec("sau", s, 0.6 + 0.01 * s) for s in range(4)]
+    row = next(r for r in paired_rows(records) if r["pruner"] == "sparsegpt")
+    assert row["pair"] == "sau − naive" and row["pairs"] == "4"
+    assert row["Δ aggregate"] == "+0.115" and row["verdict"] == "win"
+    low, high = (float(v) for v in row["Δ aggregate 95% CI"].strip("[]").split(", "))
+    assert 0.1 <= low <= 0.115 <= high <= 0.13

@@ -138,7 +138,8 @@ def test_misspelt_field_fails_at_recipe_load_naming_it():
 
 def test_bad_value_fails_at_recipe_load_naming_the_field():
     text = "unlearn_stage:\n  unlearn_modifiers:\n    SparsityAwareUnlearningModifier:\n      mode: sauu\n"
-    with pytest.raises(ValidationError, match=r"mode\n  Input should be 'sau', 'dense', 'masked' or 'topk'"):
+    expected = r"mode\n  Input should be 'sau', 'dense', 'masked', 'topk', 'naive' or 'unmasked'"
+    with pytest.raises(ValidationError, match=expected):
         Recipe.create_instance(text)
     with pytest.raises(ValidationError, match="topk_ratio"):
         SparsityAwareUnlearningModifier(topk_ratio=1.5)
@@ -327,3 +328,22 @@ def test_magnitude_then_dense_mode_through_oneshot(tiny_model_dir, tokenizer, qa
         assert torch.equal(mask.unpack(), expected), name
         assert torch.equal(modules[name].weight != 0, expected), name
     assert torch.equal(model.lm_head.weight, original["lm_head.weight"])
+
+
+def test_unmasked_mode_without_a_pruning_stage_after_it_is_refused(tiny_model_dir, tokenizer, qa_records, qa_files):
+    recipe_text = SPARSEGPT_24 + _sau_stage(qa_files["forget"], qa_files["retain"], mode="unmasked")
+    with pytest.raises(ValueError, match=r"mode 'unmasked' .* no pruning stage follows it: .*naive-reprune"):
+        _oneshot(tiny_model_dir, recipe_text, tokenizer, qa_records)
+
+
+def test_naive_reprune_prunes_the_unmasked_model_again(tiny_model_dir, tokenizer, qa_records, qa_files):
+    recipe_text = (
+        SPARSEGPT_24 + _sau_stage(qa_files["forget"], qa_files["retain"], mode="unmasked", max_steps=2)
+        + SPARSEGPT_24.replace("sparsity_stage", "reprune_stage")
+    )
+    model, recipe = _oneshot(tiny_model_dir, recipe_text, tokenizer, qa_records)
+    sau = recipe.modifiers[1]
+    assert isinstance(sau, SparsityAwareUnlearningModifier) and sau.result.mode == "unmasked"
+    assert not sau.result.pattern_preserved  # the SAU stage left pruned entries non-zero ...
+    modules = dict(model.named_modules())
+    assert all(is_2of4(modules[name].weight) for name in sau.result.masks)  # ... and the second pruner fixed it

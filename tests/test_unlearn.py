@@ -203,7 +203,7 @@ def test_input_errors(pruned, items):
     ("field", "value", "message"),
     [
         ("method", "npo2", r"unknown loss 'npo2'; choose from \['grad_ascent', 'grad_diff', 'npo', 'simnpo'\]"),
-        ("mode", "sparse", r"mode\n  Input should be 'sau', 'dense', 'masked' or 'topk'"),
+        ("mode", "sparse", r"mode\n  Input should be 'sau', 'dense', 'masked', 'topk', 'naive' or 'unmasked'"),
         ("topk_ratio", 0.0, r"topk_ratio\n  Input should be greater than 0"),
         ("topk_ratio", 1.5, r"topk_ratio\n  Input should be less than or equal to 1"),
         ("retain_loss", "mse", r"Input should be 'nll' or 'kl'"),
@@ -235,3 +235,35 @@ def test_cuda_path_returns_the_model_to_cpu(pruned, items, dtype):
     assert all(math.isfinite(x) for x in r.losses)
     for name, w in _weights(pruned).items():
         assert not bool(w[~masks[name]].any()), name
+
+
+def _twin(model):
+    twin = type(model)(model.config)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def test_naive_is_unmasked_training_masked_once_at_the_end(pruned, items):
+    data, pad = items
+    masks = capture_masks(pruned)
+    unmasked, dense = _twin(pruned), _twin(pruned)
+    seen = []
+
+    def callback(step, model):  # naive hands the callback the model as it would be delivered: re-masked
+        seen.append(all(torch.equal(w[~masks[n]], torch.zeros(int((~masks[n]).sum())))
+                        for n, w in _weights(model).items()))
+        return False
+
+    cfg = {"method": "grad_diff", "max_steps": 10, "weight_decay": 0.1}
+    naive = unlearn(pruned, data[:2], data[2:], _cfg(mode="naive", **cfg), pad_token_id=pad, callback=callback)
+    free = unlearn(unmasked, data[:2], data[2:], _cfg(mode="unmasked", **cfg), pad_token_id=pad)
+    unlearn(dense, data[:2], data[2:], _cfg(mode="dense", **cfg), pad_token_id=pad)
+    assert seen == [True] * 10
+    assert naive.pattern_preserved and not free.pattern_preserved
+    assert naive.layers[next(iter(masks))]["n_selected"] == masks[next(iter(masks))].numel()
+    for (name, w), u, d in zip(_weights(pruned).items(), _weights(unmasked).values(), _weights(dense).values(),
+                               strict=True):
+        mask = masks[name]
+        assert int((u[~mask] != 0).sum()) > 0, name  # unmasked: the pruned entries moved and stay
+        assert torch.equal(w, u * mask), name  # naive = the same training, re-masked once (the callback undone)
+        assert not torch.allclose(w[mask], d[mask], rtol=1e-4, atol=1e-6), name  # not the projected dense run

@@ -16,7 +16,7 @@ from shard_harness import make_recorder
 import sau_compress.unlearn as unlearn_package
 from sau_compress.export import read_state_dict
 from sau_compress.pipeline import unlearn_model
-from sau_compress.selection import build_selection_compact, build_selection_sharded
+from sau_compress.selection import build_selection_compact, build_selection_sharded, contrastive_score
 
 HARNESS = Path(__file__).with_name("shard_harness.py")
 SETTINGS = ["max_steps=4", "batch_size=2", "learning_rate=3e-3", "max_grad_norm=0.05", "progress=false"]
@@ -56,14 +56,18 @@ class ThreadGroup:
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("redistribution", [True, False])
 @pytest.mark.parametrize("levels", [2, 5])
-def test_sharded_selection_equals_the_whole_layer_selection_with_ties(world, redistribution, levels):
+@pytest.mark.parametrize("contrastive", [False, True])
+def test_sharded_selection_equals_the_whole_layer_selection_with_ties(world, redistribution, levels, contrastive):
     torch.manual_seed(0)
     rows, cols = 10, 8  # 3 ranks: row blocks of 4, 4, 2 (torch.chunk)
     mask = torch.rand(rows, cols) > 0.5
     # few distinct values: the k-th largest is tied across the row blocks (levels=2: about half the survivors)
     fisher = torch.randint(0, levels, (rows, cols)).float() / 8
+    # contrastive: G ranked by a score (forget F over retain F), W still from F
+    retain = torch.randint(0, levels, (rows, cols)).float() / 4
+    score = contrastive_score(fisher, retain) if contrastive else None
     whole = build_selection_compact(fisher[mask], float(fisher[~mask].double().sum()), mask, 0.3, 0.2, 1.5,
-                                    redistribution)
+                                    redistribution, score=None if score is None else score[mask])
     blocks = torch.arange(rows).chunk(world)
     group = ThreadGroup(world)
     out: dict[int, tuple] = {}
@@ -71,7 +75,7 @@ def test_sharded_selection_equals_the_whole_layer_selection_with_ties(world, red
     def run(r: int) -> None:
         f, m = fisher[blocks[r]], mask[blocks[r]]
         out[r] = build_selection_sharded(f[m], float(f[~m].double().sum()), m, 0.3, 0.2, 1.5, redistribution,
-                                         group.rank(r))
+                                         group.rank(r), score=None if score is None else score[blocks[r]][m])
 
     threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
     for t in threads:

@@ -101,3 +101,23 @@ def test_eval_cli_takes_the_toy_world_by_default(toy_world):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert '"forget_quality"' in result.output and '"model_utility"' in result.output
+
+
+def test_weights_checksum_hashes_the_weight_files_and_worlds_carry_it(tmp_path, toy_world):
+    from sau_compress.worlds.cache import weights_checksum
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model-00002-of-00002.safetensors").write_bytes(b"world")
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"hello ")
+    (folder / "config.json").write_text("{}")  # not a weight file
+    assert weights_checksum(folder) == hashlib.sha256(b"hello world").hexdigest()  # name order
+    (folder / "config.json").write_text('{"changed": 1}')
+    assert weights_checksum(folder) == hashlib.sha256(b"hello world").hexdigest()
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        weights_checksum(tmp_path)
+    assert toy_world.weights_sha256 == {
+        "model": weights_checksum(toy_world.model_dir),
+        "retain_model": weights_checksum(toy_world.retain_model_dir),
+    }
+    assert toy_world.weights_sha256["model"] != toy_world.weights_sha256["retain_model"]

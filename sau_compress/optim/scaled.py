@@ -112,6 +112,27 @@ class _Slot:
     def compact(self) -> bool:
         return self.indices is not None
 
+    def reselect(self, spec: ParamScale) -> None:
+        """Switch a compact slot to a new selection: the state (moments, momentum, fp32 master) of entries
+        in both selections is carried over, entries new to it start from zero state and the parameter's value.
+        The slot object stays the same, so a gradient hook that holds it keeps working."""
+        if not self.compact or spec.indices is None:
+            raise ValueError(f"parameter '{self.name}': only a compact selection can be re-selected")
+        fresh = _Slot(self.name, self.param, spec)
+        old_idx = self.indices.long()
+        new_idx = fresh.indices.long()
+        pos = torch.searchsorted(old_idx, new_idx).clamp_(max=max(old_idx.numel() - 1, 0))
+        hit = old_idx[pos] == new_idx if old_idx.numel() else torch.zeros_like(new_idx, dtype=torch.bool)
+        src = pos[hit]
+        for key, value in self.state.items():
+            carried = torch.zeros(fresh.size, dtype=value.dtype, device=value.device)
+            carried[hit] = value[src]
+            fresh.state[key] = carried
+        if self.master is not None:
+            fresh.master[hit] = self.master[src]
+        self.indices, self.scale, self.size = fresh.indices, fresh.scale, fresh.size
+        self.state, self.master, self.grad = fresh.state, fresh.master, None
+
     def gather_grad(self) -> torch.Tensor | None:
         """The gradient in the optimizer's layout, fp32 (``None`` when backward produced none)."""
         if self.compact:
@@ -260,6 +281,16 @@ class ScaledOptimizer:
         if self.reduce is not None:  # sharded: finite on every process
             return int(self.reduce(torch.tensor([0 if finite else 1]))) == 0
         return finite
+
+    def reselect(self, scales: Mapping[str, ParamScale]) -> None:
+        """Move compact parameters to new selections (``{name: ParamScale}``, see :meth:`_Slot.reselect`),
+        e.g. after the saliency was recomputed. Pending gradients are dropped."""
+        unknown = sorted(set(scales) - {slot.name for slot in self.slots})
+        if unknown:
+            raise KeyError(f"scales for unknown parameters: {unknown[:5]}")
+        for slot in self.slots:
+            if slot.name in scales:
+                slot.reselect(scales[slot.name])
 
     # ---- memory
 

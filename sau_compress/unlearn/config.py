@@ -17,7 +17,7 @@ from sau_compress.masking import PackedMask
 
 __all__ = ["MODES", "UnlearnConfig", "UnlearnJob", "UnlearnResult"]
 
-MODES = ("sau", "dense", "masked", "topk")
+MODES = ("sau", "dense", "masked", "topk", "naive", "unmasked")
 
 _Finite = Field(allow_inf_nan=False)
 #: choice fields are read case-insensitively (the annotation carries it, so the modifier's copy does too)
@@ -36,7 +36,11 @@ class UnlearnConfig(BaseModel):
     error; choice fields are read case-insensitively.
 
     :param method: base unlearning method, a name in :data:`sau_compress.losses.LOSSES`
-    :param mode: ``sau`` | ``dense`` | ``masked`` | ``topk``
+    :param mode: ``sau`` | ``dense`` | ``masked`` | ``topk`` | ``naive`` | ``unmasked`` (``docs/sau.md``):
+        ``naive`` trains every entry with no mask, pruned ones included, and re-applies the frozen mask once at
+        the end (what a standard trainer plus a final re-masking gives); ``unmasked`` does not re-apply it
+        (pruned entries end non-zero: the first half of *naive-reprune*, whose recipe runs the pruner again
+        after the SAU stage)
     :param topk_ratio: fraction of each layer's surviving entries in G, in (0, 1]
     :param alpha: redistribution strength α (W's mean over G is 1 + α·ρ before clipping)
     :param max_scale: clip of W (≥ 1)
@@ -54,12 +58,25 @@ class UnlearnConfig(BaseModel):
     :param gradient_checkpointing: recompute activations in the backward pass (Hugging Face models'
         ``gradient_checkpointing_enable``): less activation memory, about a third more compute. The saliency
         pass then runs in training mode too (dropout, if the model has any, is active)
-    :param gamma: weight of the forget term
+    :param gamma: weight of the forget term (``None``: the method's default, 0.125 for ``simnpo`` as in
+        open-unlearning, else 1)
     :param retain_weight: weight of the retain term (open-unlearning's ``alpha``)
     :param retain_loss: ``nll`` | ``kl`` (KL to the starting model on the retain answers)
     :param beta: NPO/SimNPO β (``None``: the method's default, 0.1 / 4.5)
     :param delta: SimNPO δ
-    :param saliency_batches: forget batches for the saliency pass (``None``: the whole forget set once)
+    :param saliency: what ranks the surviving entries for G (modes ``sau``/``topk``): ``forget`` (the forget
+        Fisher F, as the paper defines SAU) or ``contrastive`` (``F / (F_retain + ε·mean F_retain)``, the forget
+        Fisher relative to the retain set's, so that G avoids entries the retain set needs; ρ and W still come
+        from F). ``contrastive`` needs a retain set
+    :param contrastive_eps: ε of ``contrastive`` (> 0), relative to the layer's mean retain Fisher over its
+        surviving entries
+    :param saliency_batches: batches for the saliency pass (``None``: the whole forget set once; the same
+        number of retain batches for ``contrastive``)
+    :param saliency_refresh_steps: recompute the saliency, G and W every this many optimizer steps, from the
+        weights as they are then (``0``: once, before the first step; modes ``sau``/``topk``). The optimizer
+        state of entries that stay in G is carried over; entries that join G start from zero state
+    :param saliency_batch_size: items per saliency batch (``None``: ``batch_size``). F averages the squared
+        gradients of each batch's mean loss, so 1 gives the per-example (empirical) Fisher
     :param targets: see :func:`sau_compress.masking.resolve_targets` (``None``: decoder-block Linear layers)
     :param ignore: see :func:`sau_compress.masking.resolve_targets` (``None``: ``["re:.*lm_head"]``)
     :param seed: seed of the data order (and of dropout, if the model has any)
@@ -80,7 +97,7 @@ class UnlearnConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     method: Annotated[str, _Choice, AfterValidator(_registered_loss)] = "grad_diff"
-    mode: Annotated[Literal["sau", "dense", "masked", "topk"], _Choice] = "sau"
+    mode: Annotated[Literal["sau", "dense", "masked", "topk", "naive", "unmasked"], _Choice] = "sau"
     topk_ratio: float = Field(0.3, gt=0.0, le=1.0)
     alpha: Annotated[float, Field(ge=0.0), _Finite] = 0.1
     max_scale: float = Field(10.0, ge=1.0)
@@ -94,12 +111,16 @@ class UnlearnConfig(BaseModel):
     lr_scheduler: Annotated[Literal["constant", "linear", "cosine"], _Choice] = "constant"
     warmup_steps: int = Field(0, ge=0)
     gradient_checkpointing: bool = False
-    gamma: Annotated[float, Field(ge=0.0), _Finite] = 1.0
+    gamma: Annotated[float, Field(ge=0.0), _Finite] | None = None
     retain_weight: Annotated[float, Field(ge=0.0), _Finite] = 1.0
     retain_loss: Annotated[Literal["nll", "kl"], _Choice] = "nll"
     beta: Annotated[float, Field(gt=0.0), _Finite] | None = None
     delta: Annotated[float, _Finite] = 0.0
+    saliency: Annotated[Literal["forget", "contrastive"], _Choice] = "forget"
+    contrastive_eps: Annotated[float, Field(gt=0.0), _Finite] = 0.1
     saliency_batches: int | None = Field(None, ge=1)
+    saliency_batch_size: int | None = Field(None, ge=1)
+    saliency_refresh_steps: int = Field(0, ge=0)
     targets: list[str] | None = None
     ignore: list[str] | None = None
     seed: int = 0
@@ -125,6 +146,10 @@ class UnlearnConfig(BaseModel):
         if dev.type not in ("cpu", "cuda"):
             raise ValueError(f"device '{value}' is not supported; use 'cpu', 'cuda' or 'cuda:N'")
         return str(dev)
+
+    def effective_gamma(self) -> float:
+        """γ used by the method: ``gamma`` or the method's default."""
+        return self.gamma if self.gamma is not None else LOSSES[self.method].default_gamma
 
     def effective_beta(self) -> float | None:
         """β used by the method: ``beta`` or the method's default."""

@@ -48,9 +48,14 @@ from sau_compress.masking import (
 )
 from sau_compress.memory import PeakMemory, model_bytes, release_free_memory
 from sau_compress.optim import ParamScale, UnlearningOptimizer, make_optimizer, nbytes
-from sau_compress.saliency import compute_fisher
+from sau_compress.saliency import CompactFisher, compute_fisher
 from sau_compress.schedule import lr_multiplier
-from sau_compress.selection import build_selection_compact, build_selection_sharded
+from sau_compress.selection import (
+    build_selection_compact,
+    build_selection_sharded,
+    contrastive_score,
+    selection_stats,
+)
 from sau_compress.unlearn.batching import Batcher, check_items
 from sau_compress.unlearn.config import UnlearnConfig, UnlearnResult
 
@@ -59,6 +64,10 @@ if TYPE_CHECKING:
 
 __all__ = ["unlearn"]
 
+#: modes that select G from the saliency (the others skip the saliency pass)
+_SELECTING_MODES = ("sau", "topk")
+#: modes whose optimizer leaves the pruned entries free during training
+_UNMASKED_MODES = ("naive", "unmasked")
 #: seconds between two hand-backs of the CPU heap's free pages (see ``_Runner._release``)
 RELEASE_EVERY = 1.0
 
@@ -115,7 +124,10 @@ def unlearn(
     use_retain = spec.uses_retain and config.retain_weight > 0
     if use_retain and not retain:
         raise UserError(f"method '{config.method}' needs a retain set (or set retain_weight=0)")
-    if not use_retain and retain:
+    contrastive = config.saliency == "contrastive" and config.mode in _SELECTING_MODES
+    if contrastive and not retain:
+        raise UserError("saliency 'contrastive' needs a retain set (its Fisher is the denominator)")
+    if not use_retain and retain and not contrastive:
         logger.info(f"method '{config.method}' with retain_weight={config.retain_weight} ignores the retain set")
         retain = []
     check_items(retain, "retain")
@@ -124,9 +136,13 @@ def unlearn(
     for name, layer in layers.items():
         if not layer.weight.is_floating_point():
             raise UserError(f"target layer '{name}' has a {layer.weight.dtype} weight; only float weights train")
-    if shard is not None and config.mode == "dense":
-        raise UserError("mode 'dense' runs on one process only (its torch optimizer and mask projection are not "
-                        "sharded): use mode sau, topk or masked, or run without --nproc")
+    if shard is not None and config.mode not in ("sau", "topk", "masked"):
+        raise UserError(f"mode '{config.mode}' runs on one process only (its torch optimizer is not sharded): use "
+                        "mode sau, topk or masked, or run without --nproc")
+    if shard is not None and (config.saliency_refresh_steps or config.saliency == "contrastive"):
+        raise UserError("saliency_refresh_steps and saliency: contrastive run on one process only (not implemented "
+                        "for sharded runs; the contrastive score's ε is relative to the whole layer's mean): leave "
+                        "them unset, or run without --nproc")
     device = shard.device if shard is not None else _pick_device(config.device)
     start_device = next(model.parameters()).device
     logger.info(
@@ -299,10 +315,23 @@ class _Runner:
         self.opt.attach()
         self.model.train()
         t_train = time.perf_counter()
-        out = self._train(plan, ref_nll, ref_logprobs)
+        out = self._train(plan, ref_nll, ref_logprobs, masks)
         train_seconds = time.perf_counter() - t_train
+        if out["refreshes"]:
+            layer_info = out["layer_info"]
 
-        verify_masks(self.model, masks)
+        if cfg.mode == "naive":
+            self._apply_masks(masks)
+        preserved = cfg.mode != "unmasked"
+        if preserved:
+            verify_masks(self.model, masks)
+        else:
+            moved = sum(int(((p.detach() != 0) & ~masks[name].unpack(p.device)).sum())
+                        for name, p in self.params.items())
+            logger.warning(
+                f"mode 'unmasked': {moved} pruned entries are now non-zero; run the pruner again (naive-reprune) "
+                "before exporting"
+            )
         master = {}
         if cfg.return_master:
             master = {name: m.detach().cpu().clone() for name in self.params
@@ -317,7 +346,7 @@ class _Runner:
             peak_memory_bytes=0,
             device=str(self.device),
             layers=layer_info,
-            pattern_preserved=True,
+            pattern_preserved=preserved,
             stopped_early=out["stopped_early"],
             mode=cfg.mode,
             method=cfg.method,
@@ -328,7 +357,10 @@ class _Runner:
             optimizer_state_bytes=self.opt.state_bytes(),
             pattern_2of4=pattern_2of4,
             extra={
-                "planned_steps": len(plan), "beta": cfg.effective_beta(), "mean_sparsity": overall,
+                "planned_steps": len(plan), "beta": cfg.effective_beta(), "gamma": cfg.effective_gamma(),
+                "mean_sparsity": overall, "selection_stats": selection_stats(layer_info),
+                "saliency_refreshes": out["refreshes"],
+                "saliency_seconds_total": saliency_seconds + out["refresh_seconds"],
                 "learning_rates": out["learning_rates"], "weight_dtype": str(next(iter(self.params.values())).dtype),
                 "mask_bytes": sum(m.nbytes for m in masks.values()), "model_bytes": model_bytes(self.model),
                 **({"shard": self.shard.describe()} if self.shard is not None else {}),
@@ -372,9 +404,9 @@ class _Runner:
         cfg = self.config
         info: dict[str, dict[str, Any]] = {}
         scales: dict[str, ParamScale] = {}
-        if cfg.mode in ("dense", "masked"):
+        if cfg.mode not in _SELECTING_MODES:
             for name, mask in masks.items():
-                n_sel = mask.numel() if cfg.mode == "dense" else mask.n_surviving
+                n_sel = mask.n_surviving if cfg.mode == "masked" else mask.numel()
                 info[name] = {
                     "sparsity": sparsities[name], "rho": None,
                     "selected_fraction": n_sel / mask.numel(), "n_selected": n_sel,
@@ -382,31 +414,38 @@ class _Runner:
                 if cfg.mode == "masked":
                     scales[name] = ParamScale(indices=None, scale=mask.unpack(self.device))
             return info, scales
-        batches = sequential_batches(len(self.forget), cfg.batch_size, cfg.saliency_batches)
+        def fisher_of(items: list[dict[str, Any]], desc: str) -> dict[str, CompactFisher]:
+            def nll(idx: list[int]) -> torch.Tensor:
+                batch = self.io.batch([items[i] for i in idx])
+                loss = retain_nll(*sequence_nll(*self.io.scored(batch)))
+                self.memory.sample()
+                self._release(force=False)  # before the backward pass (see _release)
+                return loss
 
-        def forget_nll(idx: list[int]) -> torch.Tensor:
-            batch = self.io.batch([self.forget[i] for i in idx])
-            loss = retain_nll(*sequence_nll(*self.io.scored(batch)))
+            batches = sequential_batches(len(items), cfg.saliency_batch_size or cfg.batch_size, cfg.saliency_batches)
+            out = compute_fisher(self.params, batches, nll, total=len(batches), desc=desc, progress=cfg.progress,
+                                 masks=masks)
             self.memory.sample()
-            self._release(force=False)  # before the backward pass (see _release)
-            return loss
+            return out
 
-        fisher = compute_fisher(self.params, batches, forget_nll, total=len(batches), desc="saliency",
-                                progress=cfg.progress, masks=masks)
-        self.memory.sample()
+        fisher = fisher_of(self.forget, "saliency")
+        retain_fisher = fisher_of(self.retain, "saliency (retain)") if cfg.saliency == "contrastive" else None
         for name in list(fisher):
             f = fisher.pop(name)
+            score = None
+            if retain_fisher is not None:
+                score = contrastive_score(f.surviving, retain_fisher.pop(name).surviving, cfg.contrastive_eps)
             # on a dense layer rho = 0, so W = 1: SAU is exactly its top-k selection there
             args = (f.surviving, f.pruned_total, masks[name].unpack(self.device), cfg.topk_ratio, cfg.alpha,
                     cfg.max_scale, cfg.mode == "sau")
             if self.shard is None:
-                sel = build_selection_compact(*args)
+                sel = build_selection_compact(*args, score=score)
                 info[name] = sel.summary()
-                self.selected[name] = sel.indices.cpu()
             else:  # this process's rows; the selection is the whole layer's (exact top-k across processes)
-                sel, info[name] = build_selection_sharded(*args, comm=self.shard)
-                self.selected[name] = sel.indices.cpu().long() + self.shard.flat_offset(self.params[name])
-            del f
+                sel, info[name] = build_selection_sharded(*args, comm=self.shard, score=score)
+            del f, score
+            self.selected[name] = (sel.indices.cpu() if self.shard is None  # flat indices of the whole layer
+                                   else sel.indices.cpu().long() + self.shard.flat_offset(self.params[name]))
             scales[name] = ParamScale(indices=sel.indices, scale=sel.scale)
             logger.debug(
                 f"{name}: sparsity {info[name]['sparsity']:.3f} rho {sel.rho:.4g} |G| {info[name]['n_selected']} "
@@ -414,12 +453,38 @@ class _Runner:
             )
         return info, scales
 
+    @torch.no_grad()
+    def _apply_masks(self, masks: dict[str, PackedMask]) -> None:
+        """Set every pruned entry of the target layers to exactly +0.0 (mode ``naive``'s final re-masking)."""
+        for name, p in self.params.items():
+            p.masked_fill_(~masks[name].unpack(p.device), 0.0)
+
+    def _call_back(self, step: int, masks: dict[str, PackedMask]) -> bool:
+        """Run the step callback on the model as the mode delivers it: in ``naive`` mode with the frozen mask
+        applied (the pruned entries' current values are put back afterwards, so training goes on unchanged)."""
+        if self.config.mode != "naive":
+            return bool(self.callback(step, self.model))
+        with torch.no_grad():
+            moved = {}
+            for name, p in self.params.items():
+                pruned = ~masks[name].unpack(p.device)
+                moved[name] = (pruned, p[pruned].clone())
+                p.masked_fill_(pruned, 0.0)
+        try:
+            return bool(self.callback(step, self.model))
+        finally:
+            with torch.no_grad():
+                for name, (pruned, values) in moved.items():
+                    self.params[name][pruned] = values
+
     def _make_optimizer(self, masks: dict[str, PackedMask], scales: dict[str, ParamScale]) -> UnlearningOptimizer:
         cfg = self.config
         hyper = {"lr": cfg.learning_rate, "weight_decay": cfg.weight_decay, "betas": cfg.adam_betas,
                  "eps": cfg.adam_eps, "momentum": cfg.momentum}
         if cfg.mode == "dense":  # a standard torch step, then the frozen mask re-applied
             return make_optimizer(cfg.optimizer, self.params, keep=masks, **hyper)
+        if cfg.mode in _UNMASKED_MODES:  # a standard torch step, pruned entries free to move
+            return make_optimizer(cfg.optimizer, self.params, keep={}, **hyper)
         return make_optimizer(cfg.optimizer, self.params, scales, **hyper)
 
     def _fail(self, step: int, what: str, value: float) -> None:
@@ -454,7 +519,7 @@ class _Runner:
         ref = ref_nll[f_idx].to(self.device) if ref_nll is not None else None
         f_loss = self.spec.forget(nll, n_tok, reference_nll=ref, beta=cfg.effective_beta(), delta=cfg.delta)
         del nll, batch
-        f_val = self._checked_backward(step, "forget loss", f_loss, cfg.gamma * weight)
+        f_val = self._checked_backward(step, "forget loss", f_loss, cfg.effective_gamma() * weight)
         del f_loss
         r_val = 0.0
         if self.use_retain:
@@ -475,6 +540,7 @@ class _Runner:
         plan: list[list[tuple[list[int], list[int]]]],
         ref_nll: torch.Tensor | None,
         ref_logprobs: dict[int, torch.Tensor] | None,
+        masks: dict[str, PackedMask],
     ) -> dict[str, Any]:
         cfg = self.config
         opt = self.opt
@@ -486,7 +552,14 @@ class _Runner:
         stopped_early = False
         bar = tqdm(total=len(plan), desc=f"unlearning ({cfg.mode}, {cfg.method})", unit="step",
                    disable=not cfg.progress, leave=False)
+        refresh = cfg.saliency_refresh_steps if cfg.mode in _SELECTING_MODES else 0
+        refreshes, refresh_seconds, layer_info = 0, 0.0, None
         for step, micro in enumerate(plan, start=1):
+            if refresh and step > 1 and (step - 1) % refresh == 0:
+                t_sal = time.perf_counter()
+                layer_info = self._refresh(masks)
+                refreshes += 1
+                refresh_seconds += time.perf_counter() - t_sal
             lr = cfg.learning_rate * lr_multiplier(cfg.lr_scheduler, step - 1, len(plan), cfg.warmup_steps)
             opt.set_lr(lr)
             rates.append(lr)
@@ -505,14 +578,14 @@ class _Runner:
             self.memory.sample()
             opt.zero_grad()
             self._release(force=False)
-            total = cfg.gamma * f_val + (cfg.retain_weight * r_val if self.use_retain else 0.0)
+            total = cfg.effective_gamma() * f_val + (cfg.retain_weight * r_val if self.use_retain else 0.0)
             losses.append(total)
             forget_losses.append(f_val)
             if self.use_retain:
                 retain_losses.append(r_val)
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4f}", forget=f"{f_val:.4f}")
-            if self.callback is not None and self.callback(step, self.model):
+            if self.callback is not None and self._call_back(step, masks):
                 stopped_early = step < len(plan)
                 if stopped_early:
                     logger.info(f"callback stopped unlearning after step {step} of {len(plan)}")
@@ -521,5 +594,19 @@ class _Runner:
         return {
             "steps": len(losses), "losses": losses, "forget_losses": forget_losses,
             "retain_losses": retain_losses, "tokens": tokens, "stopped_early": stopped_early,
-            "learning_rates": rates,
+            "learning_rates": rates, "refreshes": refreshes, "refresh_seconds": refresh_seconds,
+            "layer_info": layer_info,
         }
+
+    def _refresh(self, masks: dict[str, PackedMask]) -> dict[str, dict[str, Any]]:
+        """Recompute the saliency, G and W from the current weights and move the optimizer onto them
+        (``saliency_refresh_steps``); return the new per-layer records."""
+        self.opt.detach()  # the saliency pass's gradients are not training gradients
+        self.model.train(self.config.gradient_checkpointing)
+        layer_info, scales = self._select(masks, {name: m.sparsity for name, m in masks.items()})
+        self.opt.reselect(scales)
+        del scales
+        self.opt.attach()
+        self.model.train()
+        self._release()
+        return layer_info

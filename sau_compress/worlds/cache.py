@@ -31,6 +31,7 @@ __all__ = [
     "WorldCacheSpec",
     "device_tag",
     "load_cached_world",
+    "weights_checksum",
     "reuse_world",
     "write_world",
 ]
@@ -58,16 +59,22 @@ class ToyWorld:
     seconds: float = 0.0
     build_seconds: float = 0.0
     cached: bool = False
+    #: SHA-256 of each model's weight files (``model``, ``retain_model``): two builds with the same key gave the
+    #: same weights exactly when these agree (builds are deterministic on one machine, not across machines)
+    weights_sha256: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def at(cls, root: Path, **fields: Any) -> ToyWorld:
-        """The world in folder ``root`` (its model, retain-model and data folders follow the layout).
+        """The world in folder ``root`` (its model, retain-model and data folders follow the layout), with the
+        checksums of its weights.
 
         :param root: the world folder
         :param fields: the other fields (``people``, ``seed``, figures)
         """
-        return cls(root=root, model_dir=root / MODEL_SUBDIR, retain_model_dir=root / RETAIN_MODEL_SUBDIR,
-                   data_dir=root / DATA_SUBDIR, **fields)
+        model_dir, retain_model_dir = root / MODEL_SUBDIR, root / RETAIN_MODEL_SUBDIR
+        sums = {"model": weights_checksum(model_dir), "retain_model": weights_checksum(retain_model_dir)}
+        return cls(root=root, model_dir=model_dir, retain_model_dir=retain_model_dir, data_dir=root / DATA_SUBDIR,
+                   weights_sha256=sums, **fields)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able view (paths as strings)."""
@@ -75,6 +82,25 @@ class ToyWorld:
         for key in ("root", "model_dir", "retain_model_dir", "data_dir"):
             out[key] = str(out[key])
         return out
+
+
+def weights_checksum(folder: Path) -> str:
+    """SHA-256 over a model folder's ``*.safetensors`` files (in name order): equal exactly when the saved
+    weights are (``save_pretrained`` writes the same bytes for the same tensors).
+
+    :param folder: a model folder
+    :return: 64 hex digits
+    :raises FileNotFoundError: the folder holds no safetensors file
+    """
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors file in '{folder}'")
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def device_tag(device: str) -> dict[str, str]:
