@@ -39,6 +39,17 @@ def kv_table(title: str, rows: dict[str, Any]) -> Table:
     return table
 
 
+def before_after_table(result: dict[str, Any]) -> Table:
+    """The before/after summary of ``run`` and ``unlearn`` (ROUGE-L recall and answer NLL per set)."""
+    table = Table(title="before / after")
+    for col in ("metric", "before", "after", "change"):
+        table.add_column(col)
+    for key in ("forget_rouge", "retain_rouge", "forget_nll", "retain_nll"):
+        b, a = result["before"][key], result["after"][key]
+        table.add_row(key, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}")
+    return table
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause (:class:`sau_compress.errors.SauCompressError`) into a one-line

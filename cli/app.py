@@ -19,7 +19,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-COMMAND_MODULES = ("toy_cmd", "demo_cmd", "run_cmd", "eval_cmd", "export_cmd", "audit_cmd", "verify_cmd")
+COMMAND_MODULES = ("toy_cmd", "demo_cmd", "run_cmd", "eval_cmd", "export_cmd", "audit_cmd", "verify_cmd",
+                   "unlearn_cmd")
 
 
 def _version(value: bool) -> None:

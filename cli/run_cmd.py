@@ -9,7 +9,15 @@ import typer
 from rich.table import Table
 
 from sau_compress.cli._choices import RunFormat, check_device
-from sau_compress.cli._common import JSON_OPTION, console, emit, kv_table, stdout_to_stderr, user_errors
+from sau_compress.cli._common import (
+    JSON_OPTION,
+    before_after_table,
+    console,
+    emit,
+    kv_table,
+    stdout_to_stderr,
+    user_errors,
+)
 
 
 def _render_run(result: dict[str, Any]) -> None:
@@ -26,13 +34,7 @@ def _render_run(result: dict[str, Any]) -> None:
     }
     console.print(kv_table("sau-compress run", rows))
     if result.get("before") and result.get("after"):
-        table = Table(title="before / after")
-        for col in ("metric", "before", "after", "change"):
-            table.add_column(col)
-        for key in ("forget_rouge", "retain_rouge", "forget_nll", "retain_nll"):
-            b, a = result["before"][key], result["after"][key]
-            table.add_row(key, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}")
-        console.print(table)
+        console.print(before_after_table(result))
     if result.get("audit"):
         from sau_compress.cli.audit_cmd import render_audit
 

@@ -16,6 +16,8 @@ import torch
 from loguru import logger
 from torch import nn
 
+from sau_compress.shards import local_tensor
+
 __all__ = [
     "DECODER_LAYER_PATTERN",
     "DEFAULT_IGNORE",
@@ -222,7 +224,7 @@ def capture_packed_masks(
 ) -> dict[str, PackedMask]:
     """:func:`capture_masks` as :class:`PackedMask` objects, one layer's bool mask alive at a time."""
     return {
-        name: PackedMask(layer.weight.detach() != 0)
+        name: PackedMask(local_tensor(layer.weight.detach()) != 0)
         for name, layer in resolve_targets(model, targets, ignore).items()
     }
 
@@ -261,7 +263,7 @@ def verify_masks(model: nn.Module, masks: dict[str, torch.Tensor | PackedMask]) 
     for name, mask in masks.items():
         if name not in modules or not hasattr(modules[name], "weight"):
             raise KeyError(f"mask for '{name}' but the model has no such layer with a weight")
-        weight = modules[name].weight.detach()
+        weight = local_tensor(modules[name].weight.detach())
         if isinstance(mask, PackedMask):
             if tuple(weight.shape) != mask.shape:
                 raise MaskViolationError(f"{name}: weight shape {tuple(weight.shape)} != mask shape {mask.shape}")

@@ -24,6 +24,8 @@ import psutil
 import torch
 from torch import nn
 
+from sau_compress.shards import local_tensor
+
 __all__ = ["HEAP_MMAP_THRESHOLD", "PeakMemory", "limit_heap_retention", "model_bytes", "release_free_memory"]
 
 
@@ -89,6 +91,7 @@ def model_bytes(model: nn.Module) -> int:
     seen: set[int] = set()
     total = 0
     for t in list(model.parameters()) + list(model.buffers()):
+        t = local_tensor(t.detach())  # a sharded parameter: the shard this process holds
         key = t.data_ptr()
         if key in seen:
             continue

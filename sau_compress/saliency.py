@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from sau_compress.logs import progress_disabled
 from sau_compress.masking import PackedMask
+from sau_compress.shards import local_tensor
 
 __all__ = ["FISHER_PRECISION", "CompactFisher", "compute_fisher"]
 
@@ -89,7 +90,7 @@ def compute_fisher(
 
     def make_hook(name: str) -> Callable[[torch.Tensor], None]:
         def hook(param: torch.Tensor) -> None:
-            g = param.grad.detach()
+            g = local_tensor(param.grad.detach())  # a sharded parameter's saliency is kept for its shard
             param.grad = None
             if masks is None:
                 if g.dtype != FISHER_PRECISION:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 __all__ = [
+    "Collective",
     "LayerSelection",
     "build_selection",
+    "build_selection_sharded",
     "redistribute",
     "saliency_ratio",
     "build_selection_compact",
@@ -136,6 +139,8 @@ def redistribute(
     rho: float,
     alpha: float,
     max_scale: float = 10.0,
+    count: int | None = None,
+    total: float | None = None,
 ) -> torch.Tensor:
     """W on the selected entries: ``W_i = 1 + α·ρ·|G|·F_i / ΣF[G]``, clipped to ``max_scale``.
 
@@ -147,21 +152,24 @@ def redistribute(
     :param rho: the layer's ρ (:func:`saliency_ratio`)
     :param alpha: redistribution strength α ≥ 0
     :param max_scale: upper clip (≥ 1; ``math.inf`` disables clipping)
-    :return: fp32 ``[|G|]``
+    :param count: |G| of the whole layer when ``fisher_selected`` is one shard's part of G (default: its size)
+    :param total: ΣF[G] of the whole layer, likewise (default: the sum of ``fisher_selected``)
+    :return: fp32, the size of ``fisher_selected``
     """
     if alpha < 0 or rho < 0:
         raise ValueError(f"alpha and rho must be non-negative, got alpha={alpha}, rho={rho}")
     if max_scale < 1:
         raise ValueError(f"max_scale must be at least 1, got {max_scale}")
     f = fisher_selected.double()
-    n = f.numel()
-    if alpha == 0 or rho == 0 or n == 0:
-        return torch.ones(n, dtype=torch.float32, device=f.device)
+    size = f.numel()
+    n = size if count is None else int(count)
+    if alpha == 0 or rho == 0 or size == 0:
+        return torch.ones(size, dtype=torch.float32, device=f.device)
     if math.isinf(rho):
-        return torch.full((n,), float(max_scale), dtype=torch.float32, device=f.device)
-    total = float(f.sum())
+        return torch.full((size,), float(max_scale), dtype=torch.float32, device=f.device)
+    total = float(f.sum()) if total is None else float(total)
     if total == 0.0:
-        w = torch.full((n,), 1.0 + alpha * rho, dtype=torch.float64, device=f.device)
+        w = torch.full((size,), 1.0 + alpha * rho, dtype=torch.float64, device=f.device)
     else:
         w = 1.0 + (alpha * rho * n / total) * f
     return w.clamp_(max=max_scale).float()
@@ -311,3 +319,125 @@ def selection_stats(layers: dict[str, dict[str, float | int | None]]) -> dict[st
         "clipped_share": sum(int(info["n_clipped"]) for info in sel) / n_selected if n_selected else None,
         "selected_share": n_selected / n_surviving if n_surviving else None,
     }
+
+
+# ------------------------------------------------------------------------------ sharded layers (FSDP2)
+
+
+class Collective(Protocol):
+    """What the sharded selection needs from the processes that hold a layer's row blocks (rank r holds
+    the r-th block, so rank order is row-major order). Implemented by
+    :class:`sau_compress.unlearn.shard.ShardContext`."""
+
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the processes, in place; return it."""
+
+    def all_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Maximum of ``tensor`` over the processes, in place; return it."""
+
+    def sum_before(self, value: int) -> int:
+        """The sum of ``value`` over the processes of lower rank."""
+
+
+#: one past the bit pattern of +inf: no finite non-negative fp32 value has bits at or above it
+_ABOVE_FINITE = 0x7F800001
+
+
+def _kth_largest_bits(bits: torch.Tensor, k: int, comm: Collective) -> int:
+    """The bit pattern of the k-th largest value of the non-negative fp32 values spread over the processes
+    (``bits`` = this process's values viewed as int32; for non-negative floats the order of the bit patterns
+    is the order of the values). A bisection over the patterns: 31 counts summed over the processes, exact."""
+    lo, hi = 0, _ABOVE_FINITE  # count(bits >= lo) >= k > count(bits >= hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        count = comm.all_sum((bits >= mid).sum(dtype=torch.int64).reshape(1))
+        if int(count) >= k:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _sum(comm: Collective, value: float | int, dtype: torch.dtype, device: torch.device) -> float:
+    return comm.all_sum(torch.tensor([value], dtype=dtype, device=device)).item()
+
+
+def build_selection_sharded(
+    surviving_fisher: torch.Tensor,
+    pruned_total: float,
+    mask: torch.Tensor,
+    topk_ratio: float,
+    alpha: float,
+    max_scale: float,
+    redistribution: bool,
+    comm: Collective,
+    score: torch.Tensor | None = None,
+) -> tuple[LayerSelection, dict[str, float | int]]:
+    """:func:`build_selection_compact` for a layer whose rows are split over processes, each calling this with
+    its row block: the same G as one process would select from the whole layer (the k-th largest saliency
+    found exactly across the processes, ties to the lower flat index), and W from the layer's totals.
+
+    :param surviving_fisher: ``F[M]`` of this process's rows, fp32, row-major
+    :param pruned_total: ΣF over this process's pruned entries
+    :param mask: this process's rows of the frozen mask
+    :param comm: the processes (:class:`Collective`)
+    :param score: what ranks the survivors for G (non-negative) on this process's rows, computed from the
+        whole layer's figures; ``None``: F. ρ and W come from F either way
+    :return: this process's :class:`LayerSelection` (indices into its own rows) and the layer's summary
+        (the numbers of :meth:`LayerSelection.summary`, for the whole layer)
+    """
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
+    device = surviving_fisher.device
+    flat_surviving = mask.reshape(-1).nonzero().squeeze(1)
+    n_local = surviving_fisher.numel()
+    if flat_surviving.numel() != n_local:
+        raise ValueError(f"{n_local} saliency values for a mask with {flat_surviving.numel()} surviving entries")
+    counts = comm.all_sum(torch.tensor([n_local, mask.numel()], dtype=torch.int64, device=device))
+    n_surviving, numel = int(counts[0]), int(counts[1])
+    k = topk_count(n_surviving, topk_ratio)
+    if score is not None and score.shape != surviving_fisher.shape:
+        raise ValueError(f"score shape {tuple(score.shape)} != saliency shape {tuple(surviving_fisher.shape)}")
+    scores = (surviving_fisher if score is None else score).float().contiguous()
+    if k == 0:
+        positions = torch.zeros(0, dtype=torch.long, device=device)
+    else:
+        if n_local and float(scores.min()) < 0:
+            raise ValueError("saliency must be non-negative")
+        bits = scores.view(torch.int32)
+        threshold = _kth_largest_bits(bits, k, comm)
+        above = bits > threshold
+        equal = bits == threshold
+        need = k - int(comm.all_sum(above.sum(dtype=torch.int64).reshape(1)))
+        n_equal = int(equal.sum())
+        take = max(0, min(n_equal, need - comm.sum_before(n_equal)))
+        positions = (above | (equal & (torch.cumsum(equal, 0) <= take))).nonzero().squeeze(1)
+    indices = flat_surviving[positions].to(_index_dtype(mask.numel()))
+    rho = _ratio(_sum(comm, float(pruned_total), torch.float64, device),
+                 _sum(comm, float(surviving_fisher.double().sum()), torch.float64, device))
+    scale = None
+    n_clipped = 0
+    w_mean = w_max = 1.0
+    if redistribution:
+        selected = surviving_fisher[positions]
+        w = redistribute(selected, rho, alpha, max_scale, count=k,
+                         total=_sum(comm, float(selected.double().sum()), torch.float64, device))
+        n_clipped = int(_sum(comm, int((w >= max_scale).sum()) if alpha > 0 and rho > 0 else 0, torch.int64,
+                             device))
+        w_mean = _sum(comm, float(w.double().sum()), torch.float64, device) / k if k else 1.0
+        local_max = float(w.max()) if w.numel() else 0.0
+        w_max = comm.all_max(torch.tensor([local_max], dtype=torch.float64, device=device)).item() if k else 1.0
+        scale = None if bool((w == 1).all()) else w
+    local = LayerSelection(indices=indices, scale=scale, numel=mask.numel(), n_surviving=n_local, rho=rho,
+                           n_clipped=n_clipped)
+    summary = {
+        "sparsity": (numel - n_surviving) / numel if numel else 0.0,
+        "rho": rho,
+        "selected_fraction": k / numel if numel else 0.0,
+        "n_selected": k,
+        "n_surviving": n_surviving,
+        "w_mean": w_mean,
+        "w_max": w_max,
+        "n_clipped": n_clipped,
+    }
+    return local, summary

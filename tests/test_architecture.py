@@ -24,6 +24,7 @@ LAYERS = {
     "sau_compress.losses": "core",
     "sau_compress.memory": "core",
     "sau_compress.schedule": "core",
+    "sau_compress.shards": "core",
     "sau_compress.data": "data",
     "sau_compress.unlearn": "loop",
     "sau_compress.evaluation": "evaluation",

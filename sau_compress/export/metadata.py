@@ -232,6 +232,7 @@ def build_sidecar(
         "serving": vllm_support(fmt, quantization),
         "recipe": metadata.pop("recipe", None),
         "unlearning": metadata.pop("unlearning", None),
+        **({"unlearning_history": history} if (history := metadata.pop("unlearning_history", None)) else {}),
         "metadata": metadata,
     }
 

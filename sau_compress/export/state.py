@@ -27,12 +27,20 @@ __all__ = [
 COMPRESSED_SUFFIXES = ("compressed", "bitmask", "shape")
 
 
-def dedup_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` without the second name of tied tensors (what save_pretrained stores)."""
+def dedup_state_dict(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` without the second name of tied tensors (what save_pretrained stores).
+
+    :param state: the model's tensors gathered elsewhere (a sharded model's, as copies): a tied target is then
+        dropped when it equals its source
+    """
     tied_targets: set[str] = set()
     tied = getattr(model, "_tied_weights_keys", None)
     if isinstance(tied, (dict, list, tuple, set)):  # 5.x: {target: source}; 4.x: [target, ...]
         tied_targets = set(tied)
+    if state is not None:
+        sources = tied if isinstance(tied, dict) else {}
+        return {name: t for name, t in state.items()
+                if not (name in sources and sources[name] in state and torch.equal(state[sources[name]], t))}
     state = model.state_dict()
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
     names = sorted(state, key=lambda n: n in tied_targets)  # keep the source of a tie, drop the target

@@ -123,6 +123,7 @@ def save_model(
     metadata: dict[str, Any] | None = None,
     overwrite: bool = False,
     max_shard_bytes: int = 5 * 1024**3,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save a transformers model (and tokenizer) as a ``sparse-24-bitmask`` or ``dense`` checkpoint.
 
@@ -139,6 +140,8 @@ def save_model(
     :param metadata: JSON-able extras for the sidecar (``recipe``, ``unlearning``, anything else)
     :param overwrite: replace an existing ``output``
     :param max_shard_bytes: shard the weights past this size
+    :param state: the model's tensors when the model does not hold them whole (a sharded model's, gathered
+        to one process), under the model's own names; default: the model's state dict
     :return: the output folder
     :raises UserError: unknown format; sparse-24-bitmask of a quantized model or of a model with no 2:4 layer
     :raises sau_compress.errors.OutputExistsError: ``output`` exists and ``overwrite`` is false
@@ -148,7 +151,7 @@ def save_model(
     if not hasattr(model, "config"):
         raise TypeError(f"save_model needs a transformers model with a config, got {type(model).__name__}")
     metadata = jsonable(metadata or {}, "metadata")
-    quantized = quantized_state(model)
+    quantized = quantized_state(model) if state is None else None
     config = json.loads(model.config.to_json_string(use_diff=False))
     config.pop("quantization_config", None)
     left = pop_config_record(config)  # the modifier's record moves into the sidecar
@@ -160,7 +163,7 @@ def save_model(
         state, qc = quantized
         config["quantization_config"] = qc
     else:
-        state = dedup_state_dict(model)
+        state = dedup_state_dict(model, state)
     state, renamed = checkpoint_names(model, state)
     state = {k: v.detach().cpu() for k, v in state.items()}
     linear = [renamed.get(name, name) for name in linear_names(model)]
@@ -221,7 +224,7 @@ def export_checkpoint(
     extra = jsonable(metadata or {}, "metadata")
     previous = read_sidecar(src)
     if previous is not None:
-        for key in ("recipe", "unlearning"):
+        for key in ("recipe", "unlearning", "unlearning_history"):
             if previous.get(key) is not None and key not in extra:
                 extra[key] = previous[key]
         for key, value in (previous.get("metadata") or {}).items():

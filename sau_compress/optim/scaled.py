@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sau_compress.shards import local_tensor
+
 __all__ = [
     "OPTIMIZERS",
     "OPTIM_PRECISION",
@@ -73,17 +75,18 @@ class _Slot:
     def __init__(self, name: str, param: nn.Parameter, spec: ParamScale) -> None:
         self.name = name
         self.param = param
-        numel = param.numel()
+        local = local_tensor(param.detach())  # a sharded parameter is updated through its local shard
+        numel = local.numel()
         self.indices: torch.Tensor | None = None
         if spec.indices is not None:
-            if not param.is_contiguous():
+            if not local.is_contiguous():
                 raise ValueError(f"parameter '{name}' must be contiguous for the compact layout")
             idx = spec.indices.reshape(-1).to(param.device)
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= numel):
                 raise ValueError(f"parameter '{name}': indices outside [0, {numel})")
             # int32 halves the index memory; index_select / index_put_ accept it
             self.indices = idx.to(torch.int32 if numel < 2**31 else torch.long)
-        size = (self.indices.numel(),) if self.indices is not None else tuple(param.shape)
+        size = (self.indices.numel(),) if self.indices is not None else tuple(local.shape)
         self.scale: torch.Tensor | None = None
         if spec.scale is not None:
             scale = spec.scale.to(param.device)
@@ -99,7 +102,7 @@ class _Slot:
         #: fp32 master of the updated entries, for parameters stored in a lower precision
         self.master: torch.Tensor | None = None
         if param.dtype != OPTIM_PRECISION:
-            data = param.detach()
+            data = local
             if self.indices is not None:
                 self.master = data.view(-1).index_select(0, self.indices).to(OPTIM_PRECISION)
             else:
@@ -135,7 +138,7 @@ class _Slot:
         if self.compact:
             return self.grad
         g = self.param.grad
-        return None if g is None else g.to(OPTIM_PRECISION)
+        return None if g is None else local_tensor(g).to(OPTIM_PRECISION)
 
     def used_grad(self) -> torch.Tensor | None:
         """The part of the gradient the update uses (scale != 0), for norms and finiteness checks."""
@@ -150,7 +153,7 @@ class _Slot:
         selected entries in the compact layout, the parameter itself in the full layout)."""
         if self.master is not None:
             return self.master
-        data = self.param.detach()
+        data = local_tensor(self.param.detach())
         if self.compact:
             return data.view(-1).index_select(0, self.indices)
         return data
@@ -165,7 +168,7 @@ class _Slot:
                 update = update.mul_(self.scale)
             else:
                 update = torch.where(self.scale != 0, update * self.scale, torch.zeros((), device=update.device))
-        data = self.param.data
+        data = local_tensor(self.param.data)
         if self.master is not None:
             self.master.add_(update)
             if self.compact:
@@ -214,6 +217,9 @@ class ScaledOptimizer:
         self.slots = [_Slot(name, p, scales.get(name, ParamScale())) for name, p in params.items()]
         self.step_count = 0
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        #: sums a tensor over the processes of a sharded run (each holds some rows of every parameter), so
+        #: that the gradient norm and the finiteness check are the whole model's; ``None``: one process
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     # ---- gradients
 
@@ -234,7 +240,7 @@ class ScaledOptimizer:
     @staticmethod
     def _make_hook(slot: _Slot) -> Callable[[torch.Tensor], None]:
         def hook(param: torch.Tensor) -> None:
-            g = param.grad.detach().view(-1).index_select(0, slot.indices).to(OPTIM_PRECISION)
+            g = local_tensor(param.grad.detach()).view(-1).index_select(0, slot.indices).to(OPTIM_PRECISION)
             slot.grad = g if slot.grad is None else slot.grad.add_(g)
             param.grad = None
 
@@ -249,6 +255,9 @@ class ScaledOptimizer:
     def grad_norm(self) -> torch.Tensor:
         """L2 norm (fp32 scalar) of the gradient entries the update uses (G in the compact layout)."""
         norms = [g.norm() for slot in self.slots if (g := slot.used_grad()) is not None]
+        if self.reduce is not None:  # sharded: the square root of the sum of every process's squares
+            local = torch.stack([n.to(norms[0].device) for n in norms]).square().sum() if norms else torch.zeros(())
+            return self.reduce(local.reshape(1).double()).sqrt().reshape(()).float()
         if not norms:
             return torch.zeros(())
         return torch.stack([n.to(norms[0].device) for n in norms]).norm()
@@ -262,13 +271,16 @@ class ScaledOptimizer:
                 if slot.compact and slot.grad is not None:
                     slot.grad.mul_(coef)
                 elif not slot.compact and slot.param.grad is not None:
-                    slot.param.grad.mul_(coef)
+                    local_tensor(slot.param.grad).mul_(coef)
         return float(total)
 
     def grads_finite(self) -> bool:
         """Whether every used gradient entry is finite (per-parameter norms, one device synchronisation)."""
         norms = [g.norm() for slot in self.slots if (g := slot.used_grad()) is not None]
-        return bool(torch.isfinite(torch.stack([n.to(norms[0].device) for n in norms])).all()) if norms else True
+        finite = bool(torch.isfinite(torch.stack([n.to(norms[0].device) for n in norms])).all()) if norms else True
+        if self.reduce is not None:  # sharded: finite on every process
+            return int(self.reduce(torch.tensor([0 if finite else 1]))) == 0
+        return finite
 
     def reselect(self, scales: Mapping[str, ParamScale]) -> None:
         """Move compact parameters to new selections (``{name: ParamScale}``, see :meth:`_Slot.reselect`),

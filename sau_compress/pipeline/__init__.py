@@ -1,6 +1,8 @@
 """The library layer the front doors call: one function per command, each over the layers below.
 
 - :func:`run`: recipe -> load once -> evaluate -> ``oneshot`` (prune -> SAU -> quantize) -> evaluate -> export
+- :func:`unlearn_model`: the unlearning stage alone on a pruned model (one process, or sharded under torchrun;
+  :func:`launch_sharded` starts torchrun)
 - recipes: :func:`list_recipes`, :func:`read_recipe`, :func:`parse_overrides`, :func:`load_recipe`, ...
 - :func:`build_world`, :func:`demo`, :func:`evaluate_model`, :func:`compare_runs`, :func:`export_model`,
   :func:`inspect_model`: the other commands
@@ -34,6 +36,7 @@ from sau_compress.pipeline.recipes import (
     resolve_recipe,
 )
 from sau_compress.pipeline.run import EXPORT_FORMATS, run
+from sau_compress.pipeline.unlearn import check_unlearn_args, launch_sharded, unlearn_model
 
 __all__ = [
     "DEMO_RECIPE",
@@ -43,12 +46,14 @@ __all__ = [
     "apply_overrides",
     "audit_model",
     "build_world",
+    "check_unlearn_args",
     "calibration_dataset",
     "compare_runs",
     "demo",
     "evaluate_model",
     "export_model",
     "inspect_model",
+    "launch_sharded",
     "list_recipes",
     "load_model_and_tokenizer",
     "load_recipe",
@@ -60,5 +65,6 @@ __all__ = [
     "resolve_recipe",
     "run",
     "run_oneshot",
+    "unlearn_model",
     "verify_model",
 ]

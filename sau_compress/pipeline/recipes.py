@@ -25,6 +25,7 @@ __all__ = [
     "parse_overrides",
     "read_recipe",
     "resolve_recipe",
+    "validation_problems",
 ]
 
 #: The class name recipes use for SAU; ``--set key=value`` without a class prefix addresses it.
@@ -129,6 +130,13 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
+def validation_problems(err: Any) -> str:
+    """A pydantic ``ValidationError`` as one line: ``field: message; ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()
+    )
+
+
 def apply_overrides(recipe: dict[str, Any], overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Set fields of the recipe's modifiers in place (validation happens when the recipe is built).
 
@@ -163,18 +171,12 @@ def load_recipe(recipe: Mapping[str, Any]) -> Any:
     try:
         built = Recipe.from_dict(dict(recipe))
     except ValidationError as err:
-        raise UserError(f"recipe rejected by {err.title}: {_problems(err)}") from err
+        raise UserError(f"recipe rejected by {err.title}: {validation_problems(err)}") from err
     except ValueError as err:  # llmcompressor's factory: a modifier name it does not know
         raise UserError(f"recipe rejected: {err} Known modifiers: {', '.join(known_modifiers())}") from err
     for modifier in built.modifiers:
         check_field_ranges(modifier)
     return built
-
-
-def _problems(err: Any) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()
-    )
 
 
 def known_modifiers() -> list[str]:

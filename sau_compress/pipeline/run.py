@@ -176,11 +176,46 @@ def _summarize(model: Any, tokenizer: Any, sets: dict[str, list[QARecord]], batc
                          max_new_tokens=max_new_tokens, prompt_format=prompt_format)
 
 
+def eval_sets_for(records: Mapping[str, list[QARecord] | None], eval_limit: int | None,
+                  evaluate: bool) -> dict[str, list[QARecord]]:
+    """The first ``eval_limit`` records of each set, for the before/after summary.
+
+    :raises UserError: ``evaluate`` without a forget or a retain set
+    """
+    sets = {name: (recs or [])[:eval_limit] for name, recs in records.items()}
+    if evaluate and not (sets["retain"] and sets["forget"]):
+        missing = "retain" if not sets["retain"] else "forget"
+        raise UserError(f"evaluation needs a {missing} set: pass --{missing} (or --no-eval)")
+    return sets
+
+
+def timed_summary(model: Any, tokenizer: Any, sets: dict[str, list[QARecord]], batch_size: int,
+                  max_new_tokens: int, prompt_format: str, timings: dict[str, float], when: str) -> dict[str, float]:
+    """The before/after summary (:func:`_summarize`), its seconds recorded as ``timings["evaluate_<when>"]``."""
+    t = time.perf_counter()
+    out = _summarize(model, tokenizer, sets, batch_size, max_new_tokens, prompt_format)
+    timings[f"evaluate_{when}"] = time.perf_counter() - t
+    logger.info(f"{when}: {out}")
+    return out
+
+
 def target_layer_stats(model: torch.nn.Module, names: Sequence[str]) -> dict[str, Any]:
     """Sparsity (over all the layers, size-weighted) and whether all are 2:4, from the model's weights."""
     modules = dict(model.named_modules())
-    weights = {name: modules[name].weight.detach() for name in names}
-    return {"sparsity": mean_sparsity(weights), "two_four": all_2of4(weights.values()), "layers": len(names)}
+    return weight_stats({name: modules[name].weight.detach() for name in names})
+
+
+def weight_stats(weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Sparsity (size-weighted) and whether all are 2:4, from ``{layer name: weight}``."""
+    return {"sparsity": mean_sparsity(dict(weights)), "two_four": all_2of4(weights.values()), "layers": len(weights)}
+
+
+def pick_export_format(export_format: str, stats: Mapping[str, Any], quantized: bool) -> str:
+    """``auto`` -> ``sparse-24-bitmask`` when every target layer is 2:4 (and pruned) and nothing is
+    quantized, else ``dense``; any other format as given."""
+    if export_format != "auto":
+        return export_format
+    return "sparse-24-bitmask" if stats["two_four"] and stats["sparsity"] > 0 and not quantized else "dense"
 
 
 def run(
@@ -256,16 +291,11 @@ def run(
         sets, jobs = _sets_without_sau(model_name, forget, retain), []
     timings["load"] = time.perf_counter() - t
 
-    eval_sets = {name: (recs or [])[:eval_limit] for name, recs in sets.items()}
-    if evaluate and not (eval_sets["retain"] and eval_sets["forget"]):
-        missing = "retain" if not eval_sets["retain"] else "forget"
-        raise UserError(f"evaluation needs a {missing} set: pass --{missing} (or --no-eval)")
+    eval_sets = eval_sets_for(sets, eval_limit, evaluate)
     before = after = None
     if evaluate:
-        t = time.perf_counter()
-        before = _summarize(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format)
-        timings["evaluate_before"] = time.perf_counter() - t
-        logger.info(f"before: {before}")
+        before = timed_summary(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format, timings,
+                               "before")
 
     t = time.perf_counter()
     calibration_records = load_qa(calibration) if calibration is not None else sets["retain"]
@@ -278,15 +308,11 @@ def run(
     # the layers SAU worked on; without SAU, the decoder blocks' Linear layers (lm_head and embeddings aside)
     stats = target_layer_stats(net, list(results[-1].masks) if results else list(resolve_targets(net)))
     if evaluate:
-        t = time.perf_counter()
-        after = _summarize(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format)
-        timings["evaluate_after"] = time.perf_counter() - t
-        logger.info(f"after: {after}")
+        after = timed_summary(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format, timings,
+                              "after")
 
     quantized = any(getattr(m, "quantization_scheme", None) is not None for m in net.modules())
-    fmt = export_format
-    if fmt == "auto":
-        fmt = "sparse-24-bitmask" if stats["two_four"] and stats["sparsity"] > 0 and not quantized else "dense"
+    fmt = pick_export_format(export_format, stats, quantized)
     summary: dict[str, Any] = {
         "output": str(output),
         "model": str(model_path),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from loguru import logger
@@ -51,9 +51,17 @@ from sau_compress.memory import PeakMemory, limit_heap_retention, model_bytes, r
 from sau_compress.optim import ParamScale, UnlearningOptimizer, make_optimizer, nbytes
 from sau_compress.saliency import CompactFisher, compute_fisher
 from sau_compress.schedule import lr_multiplier
-from sau_compress.selection import build_selection_compact, contrastive_score, selection_stats
+from sau_compress.selection import (
+    build_selection_compact,
+    build_selection_sharded,
+    contrastive_score,
+    selection_stats,
+)
 from sau_compress.unlearn.batching import Batcher, check_items
 from sau_compress.unlearn.config import UnlearnConfig, UnlearnResult
+
+if TYPE_CHECKING:
+    from sau_compress.unlearn.shard import ShardContext
 
 __all__ = ["unlearn"]
 
@@ -84,6 +92,7 @@ def unlearn(
     config: UnlearnConfig,
     pad_token_id: int = 0,
     callback: Callable[[int, nn.Module], bool] | None = None,
+    shard: ShardContext | None = None,
 ) -> UnlearnResult:
     """Unlearn ``forget`` from ``model`` in place, keeping its sparsity pattern bit-identical.
 
@@ -93,6 +102,11 @@ def unlearn(
     :param config: the run's settings
     :param pad_token_id: padding id for batches
     :param callback: ``callback(step, model)`` after every step (1-based); returning ``True`` stops early
+    :param shard: this process's part in a sharded run (:class:`~sau_compress.unlearn.shard.ShardContext`;
+        the model already sharded with :meth:`~sau_compress.unlearn.shard.ShardContext.shard_model`, and
+        every process calling with the same data and config). Masks, saliency, G, W and the optimizer state
+        then cover this process's rows only; ``selected`` holds its entries as flat indices of the whole
+        layer; ``masks`` and ``master`` its rows. ``None``: one process, the whole model
     :return: an :class:`UnlearnResult` with the frozen masks; the model ends on the device (and dtype) it
         started on
     :raises UserError: empty forget set, missing retain set, an unpruned model without ``allow_dense``, bad items
@@ -123,7 +137,14 @@ def unlearn(
     for name, layer in layers.items():
         if not layer.weight.is_floating_point():
             raise UserError(f"target layer '{name}' has a {layer.weight.dtype} weight; only float weights train")
-    device = _pick_device(config.device)
+    if shard is not None and config.mode not in ("sau", "topk", "masked"):
+        raise UserError(f"mode '{config.mode}' runs on one process only (its torch optimizer is not sharded): use "
+                        "mode sau, topk or masked, or run without --nproc")
+    if shard is not None and (config.saliency_refresh_steps or config.saliency == "contrastive"):
+        raise UserError("saliency_refresh_steps and saliency: contrastive run on one process only (not implemented "
+                        "for sharded runs; the contrastive score's ε is relative to the whole layer's mean): leave "
+                        "them unset, or run without --nproc")
+    device = shard.device if shard is not None else _pick_device(config.device)
     start_device = next(model.parameters()).device
     logger.info(
         f"unlearning on {device}: mode={config.mode} method={config.method} optimizer={config.optimizer} "
@@ -139,9 +160,10 @@ def unlearn(
     runner = None
     try:
         with PeakMemory(device, base_bytes=model_bytes(model)) as memory:
-            model.to(device)
+            if shard is None:  # a sharded model already lives on its device
+                model.to(device)
             runner = _Runner(model, layers, forget, retain, config, device, pad_token_id, use_retain, callback,
-                             memory)
+                             memory, shard)
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(config.seed)
                 result = runner.run()
@@ -153,7 +175,8 @@ def unlearn(
             p.grad = None
         if checkpointing:
             model.gradient_checkpointing_disable()
-        model.to(start_device)
+        if shard is None:
+            model.to(start_device)
         model.train(was_training)
     result.peak_memory_bytes = memory.peak_bytes
     result.memory_measure = memory.measure
@@ -207,6 +230,7 @@ class _Runner:
         use_retain: bool,
         callback: Callable[[int, nn.Module], bool] | None,
         memory: PeakMemory,
+        shard: ShardContext | None = None,
     ) -> None:
         self.model = model
         self.params = {name: layer.weight for name, layer in layers.items()}
@@ -217,6 +241,7 @@ class _Runner:
         self.use_retain = use_retain
         self.callback = callback
         self.memory = memory
+        self.shard = shard
         self.spec = get_loss(config.method)
         self.io = Batcher(model, device, pad_token_id, config.autocast)
         self.opt: UnlearningOptimizer | None = None
@@ -250,11 +275,14 @@ class _Runner:
         for p in self.params.values():
             p.requires_grad_(True)
         masks = capture_packed_masks(self.model, cfg.targets, cfg.ignore)
-        sparsities = {name: m.sparsity for name, m in masks.items()}
+        if self.shard is None:
+            sparsities = {name: m.sparsity for name, m in masks.items()}
+            pattern_2of4 = all_2of4(m.unpack() for m in masks.values())
+            overall = mean_sparsity(masks)
+        else:  # this process holds some rows of each layer; the figures are the whole layers'
+            sparsities, pattern_2of4, overall = self.shard.mask_stats(masks)
         if not cfg.allow_dense and all(s == 0.0 for s in sparsities.values()):
             _refuse_dense(sparsities)
-        pattern_2of4 = all_2of4(m.unpack() for m in masks.values())
-        overall = mean_sparsity(masks)
         logger.info(
             f"frozen masks captured: {len(masks)} layers, sparsity {overall:.3f}, 2:4 pattern: {pattern_2of4} "
             f"({sum(m.nbytes for m in masks.values()) / 2**20:.1f} MiB as bits)"
@@ -284,6 +312,8 @@ class _Runner:
         self._release()
 
         self.opt = self._make_optimizer(masks, scales)
+        if self.shard is not None:  # the gradient norm and the finiteness check cover every process's rows
+            self.opt.reduce = self.shard.all_sum
         del scales
         self.opt.attach()
         self.model.train()
@@ -335,6 +365,8 @@ class _Runner:
                 "saliency_refreshes": out["refreshes"],
                 "saliency_seconds_total": saliency_seconds + out["refresh_seconds"],
                 "learning_rates": out["learning_rates"], "weight_dtype": str(next(iter(self.params.values())).dtype),
+                "mask_bytes": sum(m.nbytes for m in masks.values()), "model_bytes": model_bytes(self.model),
+                **({"shard": self.shard.describe()} if self.shard is not None else {}),
             },
             selected=self.selected,
             masks={name: m.to("cpu") for name, m in masks.items()},
@@ -407,16 +439,20 @@ class _Runner:
             if retain_fisher is not None:
                 score = contrastive_score(f.surviving, retain_fisher.pop(name).surviving, cfg.contrastive_eps)
             # on a dense layer rho = 0, so W = 1: SAU is exactly its top-k selection there
-            sel = build_selection_compact(f.surviving, f.pruned_total, masks[name].unpack(self.device),
-                                          cfg.topk_ratio, cfg.alpha, cfg.max_scale, redistribution=cfg.mode == "sau",
-                                          score=score)
+            args = (f.surviving, f.pruned_total, masks[name].unpack(self.device), cfg.topk_ratio, cfg.alpha,
+                    cfg.max_scale, cfg.mode == "sau")
+            if self.shard is None:
+                sel = build_selection_compact(*args, score=score)
+                info[name] = sel.summary()
+            else:  # this process's rows; the selection is the whole layer's (exact top-k across processes)
+                sel, info[name] = build_selection_sharded(*args, comm=self.shard, score=score)
             del f, score
-            info[name] = sel.summary()
+            self.selected[name] = (sel.indices.cpu() if self.shard is None  # flat indices of the whole layer
+                                   else sel.indices.cpu().long() + self.shard.flat_offset(self.params[name]))
             scales[name] = ParamScale(indices=sel.indices, scale=sel.scale)
-            self.selected[name] = sel.indices.cpu()
             logger.debug(
-                f"{name}: sparsity {sel.sparsity:.3f} rho {sel.rho:.4g} |G| {sel.n_selected} "
-                f"W mean {info[name]['w_mean']:.3f} max {info[name]['w_max']:.3f} clipped {sel.n_clipped}"
+                f"{name}: sparsity {info[name]['sparsity']:.3f} rho {sel.rho:.4g} |G| {info[name]['n_selected']} "
+                f"W mean {info[name]['w_mean']:.3f} max {info[name]['w_max']:.3f} clipped {info[name]['n_clipped']}"
             )
         return info, scales
 
