@@ -9,6 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from sau_compress.cli._choices import PromptFormat, check_device
 from sau_compress.cli._common import JSON_OPTION, console, emit, stdout_to_stderr, user_errors
 
 
@@ -53,8 +54,10 @@ def audit_command(
     rouge_margin: float = typer.Option(0.1, "--rouge-margin", help="Margin over the reference forget ROUGE-L."),
     mia_margin: float = typer.Option(0.1, "--mia-margin", help="Margin over the reference membership AUC."),
     batch_size: int = typer.Option(64, "--batch-size", help="Sequences per forward pass / generate call."),
-    prompt_format: str = typer.Option("auto", "--prompt-format", help="auto, plain or chat."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda ... (default: cuda if available)."),
+    prompt_format: PromptFormat = typer.Option(PromptFormat.auto, "--prompt-format", help="auto, plain or chat."),
+    device: str | None = typer.Option(
+        None, "--device", callback=check_device, help="cpu, cuda or cuda:N (default: cuda if available)."
+    ),
     output: Path | None = typer.Option(None, "--output", help="Folder to write audit.json, audit.md, audit.png."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output folder."),
     record: bool = typer.Option(False, "--record", help="Also append the verdicts to MODEL's sau_compress.json "
@@ -67,7 +70,7 @@ def audit_command(
     with user_errors(), stdout_to_stderr(as_json):
         result = audit_model(
             model, forget=forget, retain=retain, holdout=holdout, retain_model=retain_model, attacks=attacks,
-            output=output, overwrite=overwrite, record=record, prompt_format=prompt_format, device=device,
+            output=output, overwrite=overwrite, record=record, prompt_format=prompt_format.value, device=device,
             settings={"relearn_steps": relearn_steps, "rouge_margin": rouge_margin, "mia_margin": mia_margin,
                       "batch_size": batch_size},
         )

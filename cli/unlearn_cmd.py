@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from sau_compress.cli._choices import RunFormat, check_device
 from sau_compress.cli._common import (
     JSON_OPTION,
     before_after_table,
@@ -48,13 +49,16 @@ def unlearn(
     overrides: list[str] | None = typer.Option(
         None, "--set", help="A field of the SAU stage, key=value (max_steps=20, mode=topk, learning_rate=1e-4)."
     ),
-    export_format: str = typer.Option(
-        "auto", "--format", help="auto (sparse-24-bitmask when all target layers are 2:4), sparse-24-bitmask, dense."
+    export_format: RunFormat = typer.Option(
+        RunFormat.auto, "--format",
+        help="auto (sparse-24-bitmask when all target layers are 2:4), sparse-24-bitmask, dense.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Before/after ROUGE-L recall and NLL."),
     eval_limit: int | None = typer.Option(None, "--eval-limit", help="Evaluate on the first N records of each set."),
-    device: str | None = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
+    device: str | None = typer.Option(
+        None, "--device", callback=check_device, help="cpu, cuda or cuda:N (default: cuda when available)."
+    ),
     nproc: int | None = typer.Option(
         None, "--nproc", help="Shard over N processes (FSDP2; launches torchrun, one process per GPU)."
     ),
@@ -63,6 +67,7 @@ def unlearn(
     """Unlearn a forget set from an already pruned model (the SAU stage alone) and write the result."""
     from sau_compress.pipeline import check_unlearn_args, launch_sharded, unlearn_model
 
+    export_format = export_format.value
     options = {"forget": forget, "retain": retain, "overrides": overrides or [], "export_format": export_format,
                "overwrite": overwrite, "device": device}
     if nproc is not None:

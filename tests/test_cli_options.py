@@ -49,6 +49,10 @@ BAD_CHOICES = [
     ["eval", "toy", "--suite", "muse"],
     ["eval", "toy", "--prompt-format", "xml"],
     ["verify", "x", "--engine", "tgi"],
+    ["unlearn", "x", "--forget", "f", "-o", "y", "--format", "zip"],
+    ["unlearn", "x", "--forget", "f", "-o", "y", "--device", "gpu"],
+    ["audit", "toy", "--prompt-format", "xml"],
+    ["audit", "toy", "--device", "gpu"],
     ["-q", "-v", "recipes"],
 ]
 
