@@ -11,38 +11,13 @@
 # is reused; a half-built one (no stamp) is rebuilt. torch is pinned (never an unpinned torch download).
 set -euo pipefail
 
-PY="${PYTHON:-python3}"
-if [[ $# -ge 1 ]]; then
-  VENV="$1"
-else
-  if [[ -n "${SAU_COMPRESS_CACHE:-}" ]]; then ROOT="$SAU_COMPRESS_CACHE"
-  elif [[ -n "${XDG_CACHE_HOME:-}" ]]; then ROOT="$XDG_CACHE_HOME/sau-compress"
-  else ROOT="$HOME/.cache/sau-compress"; fi
-  VENV="$ROOT/ct-reader-venv"
-fi
-
+source "$(dirname "${BASH_SOURCE[0]}")/_isolated_venv.sh"
+VENV="$(isolated_venv_dir ct-reader-venv "${1:-}")"
 REQS=(torch==2.13.0 compressed-tensors==0.14.0.1 "transformers<=4.57.6" psutil accelerate)
 STAMP="$VENV/.sau-compress-reader-ok"
 WANT="${REQS[*]}"
 
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; then
-  echo "$VENV/bin/python"
-  exit 0
-fi
-
-mkdir -p "$(dirname "$VENV")"
-exec 9>"$VENV.lock"
-flock 9
-# another process may have finished it while we waited for the lock
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; then
-  echo "$VENV/bin/python"
-  exit 0
-fi
-
-rm -rf "$VENV"
-# the base interpreter, even when called from inside another venv
-BASE="$("$PY" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
-"$BASE" -m venv "$VENV" >&2
+isolated_venv_begin "$VENV" "$STAMP" "$WANT" || exit 0
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${REQS[@]}" >&2
 "$VENV/bin/python" - >&2 <<'PY'
 import compressed_tensors, torch, transformers
@@ -50,5 +25,4 @@ from compressed_tensors.compressors import Sparse24BitMaskCompressor  # the read
 print("reader env:", "torch", torch.__version__, "compressed-tensors", compressed_tensors.__version__,
       "transformers", transformers.__version__)
 PY
-echo "$WANT" > "$STAMP"
-echo "$VENV/bin/python"
+isolated_venv_end "$VENV" "$STAMP" "$WANT"

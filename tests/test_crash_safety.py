@@ -11,17 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from loguru import logger
 
 from sau_compress.io import atomic_output_dir, clean_stale_outputs
-
-
-@pytest.fixture()
-def warnings():
-    messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
-    yield messages
-    logger.remove(sink)
 
 
 def _dead_pid() -> int:

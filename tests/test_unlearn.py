@@ -10,6 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from conftest import clone_model
 from sau_compress.errors import UserError
 from sau_compress.masking import capture_masks, prune_by_magnitude_, resolve_targets
 from sau_compress.selection import selection_mask
@@ -237,16 +238,10 @@ def test_cuda_path_returns_the_model_to_cpu(pruned, items, dtype):
         assert not bool(w[~masks[name]].any()), name
 
 
-def _twin(model):
-    twin = type(model)(model.config)
-    twin.load_state_dict(model.state_dict())
-    return twin
-
-
 def test_naive_is_unmasked_training_masked_once_at_the_end(pruned, items):
     data, pad = items
     masks = capture_masks(pruned)
-    unmasked, dense = _twin(pruned), _twin(pruned)
+    unmasked, dense = clone_model(pruned), clone_model(pruned)
     seen = []
 
     def callback(step, model):  # naive hands the callback the model as it would be delivered: re-masked

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import clone_model
 from sau_compress.errors import UserError
 from sau_compress.masking import prune_by_magnitude_
 from sau_compress.selection import build_selection_compact, contrastive_score, selection_stats
@@ -65,30 +66,25 @@ def _cfg(**kw) -> UnlearnConfig:
     return UnlearnConfig(**base)
 
 
-def _twin(model):
-    twin = type(model)(model.config)
-    twin.load_state_dict(model.state_dict())
-    return twin
-
-
 def test_contrastive_saliency_changes_g_and_needs_a_retain_set(pruned, qa_items):
     data, pad = qa_items
-    twin = _twin(pruned)
+    twin = clone_model(pruned)
     forget = unlearn(pruned, data[:2], data[2:6], _cfg(), pad_token_id=pad)
     contrastive = unlearn(twin, data[:2], data[2:6], _cfg(saliency="contrastive"), pad_token_id=pad)
     assert [len(v) for v in forget.selected.values()] == [len(v) for v in contrastive.selected.values()]
     differ = [n for n in forget.selected if not torch.equal(forget.selected[n], contrastive.selected[n])]
     assert len(differ) == len(forget.selected)  # every layer picks other entries
     # grad_ascent ignores the retain set in its loss but contrastive saliency still reads it
-    unlearn(_twin(pruned), data[:2], data[2:6], _cfg(method="grad_ascent", saliency="contrastive"),
+    unlearn(clone_model(pruned), data[:2], data[2:6], _cfg(method="grad_ascent", saliency="contrastive"),
             pad_token_id=pad)
     with pytest.raises(UserError, match="contrastive' needs a retain set"):
-        unlearn(_twin(pruned), data[:2], None, _cfg(method="grad_ascent", saliency="contrastive"), pad_token_id=pad)
+        unlearn(clone_model(pruned), data[:2], None, _cfg(method="grad_ascent", saliency="contrastive"),
+                pad_token_id=pad)
 
 
 def test_per_example_saliency_differs_from_the_batch_mean(pruned, qa_items):
     data, pad = qa_items
-    twin = _twin(pruned)
+    twin = clone_model(pruned)
     batch = unlearn(pruned, data[:2], data[2:4], _cfg(), pad_token_id=pad)  # one batch of 2: F = (mean g)^2
     per_example = unlearn(twin, data[:2], data[2:4], _cfg(saliency_batch_size=1), pad_token_id=pad)  # mean g^2
     assert any(not torch.equal(batch.selected[n], per_example.selected[n]) for n in batch.selected)
@@ -129,7 +125,7 @@ def test_reselect_carries_the_state_of_entries_that_stay_in_g():
 
 def test_saliency_refresh_selects_from_the_weights_at_the_refresh(pruned, qa_items):
     data, pad = qa_items
-    one_step, start = _twin(pruned), _twin(pruned)
+    one_step, start = clone_model(pruned), clone_model(pruned)
     refreshed = unlearn(pruned, data[:2], data[2:4], _cfg(max_steps=2, saliency_refresh_steps=1), pad_token_id=pad)
     assert refreshed.extra["saliency_refreshes"] == 1
     # the same first step, then a fresh saliency pass on its weights: the G the refresh must have chosen
