@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(world, seed, base method) parts run in this many worker processes, 1 torch thread each "
                         "(default: 2 on CPU, 1 on CUDA)")
     p.add_argument("--full-matrix", action="store_true",
-                   help="every pruner x structure x method x mode in every world (GPU-sized)")
+                   help="every pruner x structure x method x default mode in every world (GPU-sized); "
+                        "naive and naive-reprune only through --modes")
     p.add_argument("--first-seed", type=int, default=0,
                    help="start at this seed (to share seeds between processes appending to the same output)")
     p.add_argument("--sweep-seeds", type=int, default=1, help="seeds of the topk_ratio x alpha sweep")
@@ -135,7 +136,7 @@ def _csv(value: str | None) -> list[str] | None:
 #:   dense/topk/sau. ``masked`` follows the same trajectory as ``dense`` (elementwise AdamW, no clipping; see
 #:   docs/design.md), which the TOFU world shows run by run.
 #: - tofu (3-4x longer sequences): grad_diff on every pruner at 2:4, all four modes.
-#: ``--full-matrix`` runs every pruner x structure x method x mode in both worlds (a GPU-sized job); any of
+#: ``--full-matrix`` runs every pruner x structure x method x default mode in both worlds (a GPU-sized job); any of
 #: --pruners/--structures/--methods also switches to the rectangular product of the given lists.
 _ALL_SETTINGS = [(p, s) for p in core.PRUNERS for s in core.STRUCTURES]
 FULL_PROFILE: dict[str, dict[str, Any]] = {
@@ -164,7 +165,7 @@ def _plan(args: argparse.Namespace, world: str) -> tuple[dict[str, list[tuple[st
         cells = {m: settings for m in (methods or core.METHODS)}
     else:
         cells = {m: list(v) for m, v in profile["cells"].items()}
-    modes = _csv(args.modes) or (list(core.MODES) if args.full_matrix else list(profile["modes"]))
+    modes = _csv(args.modes) or (list(core.DEFAULT_MODES) if args.full_matrix else list(profile["modes"]))
     for name, values, allowed in (("--pruners", [p for v in cells.values() for p, _ in v], core.PRUNERS),
                                   ("--structures", [s for v in cells.values() for _, s in v], core.STRUCTURES),
                                   ("--methods", list(cells), core.METHODS), ("--modes", modes, core.MODES)):

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 console = Console(stderr=False)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
 
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table.")
 

@@ -6,12 +6,48 @@ Each command lives in its own module of this package, which exposes ``register(a
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer vendors click from 0.2x on; its own copy raises the errors
+    from typer._click import exceptions as _click_errors
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click import exceptions as _click_errors
 
 from sau_compress import __version__
 
+
+class _OneLineUsageErrors(TyperGroup):
+    """The root group: a usage error (a bad option value, a missing argument, an unknown command) is one line,
+    ``error: ...`` on stderr with exit code 2, like every other input error of the command line, instead of
+    a usage banner and a framed box."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # noqa: ANN201 - click's signature
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _click_errors.NoArgsIsHelpError as err:  # no command given: the help, as before
+            err.show()
+            sys.exit(err.exit_code)
+        except _click_errors.UsageError as err:
+            message = err.format_message().replace("Value error, ", "")
+            where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+            typer.echo(f"error: {message}{where}", err=True)
+            sys.exit(err.exit_code)
+        except _click_errors.ClickException as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except _click_errors.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="sau-compress",
     help="Sparsity-Aware Unlearning for pruned LLMs: prune, unlearn, evaluate and export with llmcompressor.",
     no_args_is_help=True,

@@ -62,10 +62,22 @@ def _show(record: Any) -> bool:
 
 
 def reinstall() -> None:
-    """Put the sink back (after a library replaced loguru's sinks); nothing before :func:`set_verbosity`."""
+    """Put the sink back after a library replaced loguru's sinks (llmcompressor does on import: every sink
+    there now is its own); nothing before :func:`set_verbosity`."""
     if _state["verbosity"] is None:
         return
     logger.remove()
+    _state["sink"] = logger.add(sys.stderr, level=0, format=_FORMAT, filter=_show)
+
+
+def _install() -> None:
+    """Our sink in place of loguru's default one (id 0) and of the one we added before; sinks someone else
+    added (a test's, an application's) stay."""
+    for handler in {0, _state.get("sink")} - {None}:
+        try:
+            logger.remove(handler)
+        except ValueError:  # already gone
+            pass
     _state["sink"] = logger.add(sys.stderr, level=0, format=_FORMAT, filter=_show)
 
 
@@ -92,4 +104,4 @@ def set_verbosity(level: str) -> None:
             import datasets
 
             datasets.disable_progress_bars()
-    reinstall()
+    _install()

@@ -106,8 +106,8 @@ CASES = [
     ("inspect-a-file", ["inspect", "afile"], "'afile' is a file"),
     ("export-missing-source", ["export", "nothere", *EXPORT[2:]], "'nothere' not found"),
     # devices
-    ("run-device-unknown", [*RUN, "--device", "tpu"], "--device tpu"),
-    ("eval-device-unknown", ["eval", "tiny", "--device", "tpu"], "--device tpu"),
+    ("run-device-unknown", [*RUN, "--device", "tpu"], "'--device': 'tpu'"),
+    ("eval-device-unknown", ["eval", "tiny", "--device", "tpu"], "'--device': 'tpu'"),
     ("run-cuda-without-cuda", [*RUN, "--device", "cuda"], "--device cuda"),
     ("eval-cuda-without-cuda", ["eval", "tiny", "--device", "cuda"], "--device cuda"),
     # outputs
@@ -149,7 +149,8 @@ CASES = [
     ("recipe-not-a-mapping", [*RUN, "-r", "notmapping.yaml"], "notmapping.yaml"),
     ("recipe-invalid-yaml", [*RUN, "-r", "badyaml.yaml"], "badyaml.yaml"),
     ("recipe-missing", [*RUN, "-r", "nothere.yaml"], "nothere.yaml"),
-    ("recipe-without-sau", [*RUN, "-r", "nosau.yaml"], "nosau.yaml"),
+    ("set-sau-field-on-a-recipe-without-sau", [*RUN, "-r", "nosau.yaml", "--set", "max_steps=2"],
+     "no SparsityAwareUnlearningModifier"),
     # other options
     ("run-eval-limit-zero", [*RUN, "--eval-limit", "0"], "eval_limit"),
     ("run-calibration-samples-zero", [*RUN, "--num-calibration-samples", "0"], "num_calibration_samples"),
@@ -171,9 +172,9 @@ def runner(monkeypatch, world):
     for module in (datasets.config, huggingface_hub.constants):  # read from the environment at import
         monkeypatch.setattr(module, "HF_HUB_OFFLINE", True)
     logger.remove()
-    sink = logger.add(lambda message: sys.stderr.write(message), level="WARNING")
+    logger.add(lambda message: sys.stderr.write(message), level="WARNING")
     yield CliRunner(env={"COLUMNS": "400"})
-    logger.remove(sink)
+    logger.remove()  # ours, and any the command line installed on the runner's (now closed) stream
 
 
 def _params() -> list:

@@ -73,8 +73,6 @@ def _prepare_recipe(
     from sau_compress.modifier import SparsityAwareUnlearningModifier
 
     recipe_dict = read_recipe(recipe)
-    if not any(name == SAU_MODIFIER for name, _ in modifier_entries(recipe_dict)):
-        raise UserError(f"recipe '{recipe}' has no {SAU_MODIFIER} stage")
     if overrides is not None and not isinstance(overrides, Mapping):
         overrides = parse_overrides(list(overrides))
     merged: dict[str, dict[str, Any]] = {cls: dict(v) for cls, v in (overrides or {}).items()}
