@@ -1,6 +1,7 @@
 """Property-based tests of the pattern guarantee (hypothesis).
 
-Random layer shapes, sparsity patterns (2:4, N:M, unstructured at any density, all-zero rows), modes,
+Random layer shapes, sparsity patterns (2:4, N:M, unstructured at any density, all-zero rows), modes (the loop also
+`naive`, and contrastive saliency),
 optimizers, dtypes, weight decay, gradient clipping, saliency with ties and zeros: after random steps the pruned
 entries are exactly zero, the zero pattern is the frozen mask bit for bit, the survivors outside G (``sau`` and
 ``topk``) are bit-identical, and nothing became NaN or Inf.
@@ -26,6 +27,8 @@ from sau_compress.selection import build_selection_compact, selection_mask
 from sau_compress.unlearn import UnlearnConfig, unlearn
 
 MODES = ("sau", "topk", "masked", "dense")
+#: the whole loop also runs `naive` (no mask while training, the frozen mask re-applied at the end)
+LOOP_MODES = (*MODES, "naive")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _INT_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16}
 
@@ -188,7 +191,8 @@ def _items(n: int, vocab: int, gen: torch.Generator) -> list[dict]:
     hidden=st.sampled_from([8, 16, 32]),
     blocks=st.integers(1, 2),
     data=st.data(),
-    mode=st.sampled_from(MODES),
+    mode=st.sampled_from(LOOP_MODES),
+    saliency=st.sampled_from(["forget", "contrastive"]),
     method=st.sampled_from(["grad_ascent", "grad_diff", "npo", "simnpo"]),
     optimizer=st.sampled_from(["adamw", "sgd"]),
     dtype=st.sampled_from(sorted(DTYPES)),
@@ -198,8 +202,8 @@ def _items(n: int, vocab: int, gen: torch.Generator) -> list[dict]:
     steps=st.integers(1, 3),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_unlearn_keeps_the_pattern(width, hidden, blocks, data, mode, method, optimizer, dtype, weight_decay,
-                                   max_grad_norm, topk_ratio, steps, seed):
+def test_unlearn_keeps_the_pattern(width, hidden, blocks, data, mode, saliency, method, optimizer, dtype,
+                                   weight_decay, max_grad_norm, topk_ratio, steps, seed):
     """The whole loop: saliency from the forget loss, selection, steps, its own pattern check."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -222,7 +226,7 @@ def test_unlearn_keeps_the_pattern(width, hidden, blocks, data, mode, method, op
     model.to(DTYPES[dtype])
     params = {name: layer.weight for name, layer in targets.items()}
     before = {name: p.detach().clone() for name, p in params.items()}
-    config = UnlearnConfig(mode=mode, method=method, optimizer=optimizer, weight_decay=weight_decay,
+    config = UnlearnConfig(mode=mode, saliency=saliency, method=method, optimizer=optimizer, weight_decay=weight_decay,
                            max_grad_norm=max_grad_norm, topk_ratio=topk_ratio, max_steps=steps, batch_size=2,
                            learning_rate=1e-2, device="cpu", progress=False, seed=seed)
     result = unlearn(model, _items(3, vocab, gen), _items(3, vocab, gen), config)
