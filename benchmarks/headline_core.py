@@ -367,6 +367,21 @@ def _retain_weight(method: str) -> float:
     return 0.0 if method == "grad_ascent" else 1.0
 
 
+def _sau_stage(world: World, callback: Any, method: str, learning_rate: float, max_steps: int, batch_size: int,
+               seed: int, device: str, **fields: Any) -> Any:
+    """The benchmark's SAU stage, as a recipe would hold it: the base method's retain weight, no progress bars,
+    assigned a job with the world's tokenized sets and ``callback``; ``fields`` are further modifier fields."""
+    from sau_compress.modifier import SparsityAwareUnlearningModifier
+    from sau_compress.unlearn import UnlearnJob
+
+    modifier = SparsityAwareUnlearningModifier(
+        method=method, learning_rate=learning_rate, max_steps=max_steps, batch_size=batch_size,
+        retain_weight=_retain_weight(method), seed=seed, device=device, progress=False, **fields,
+    )
+    modifier.assign(UnlearnJob(world.forget_items, world.retain_items, world.tokenizer.pad_token_id, callback))
+    return modifier
+
+
 def run_unlearning(
     spec: RunSpec,
     world: World,
@@ -390,9 +405,7 @@ def run_unlearning(
     :return: the run's record, and the model when ``keep_model``
     """
     from sau_compress.export import load_model
-    from sau_compress.modifier import SparsityAwareUnlearningModifier
     from sau_compress.pipeline import run_oneshot
-    from sau_compress.unlearn import UnlearnJob
 
     model = load_model(model_dir)
     start_rouge = forget_rouge(model.to(device), world)
@@ -417,15 +430,9 @@ def run_unlearning(
     if not reached_at_start:
         # the recipe path users run: the SAU stage inside oneshot, fed the world's tokenized sets; naive-reprune
         # is the stage in mode 'unmasked' followed by the setting's pruner (calibrated as in `prune`)
-        modifier = SparsityAwareUnlearningModifier(
-            method=spec.method, mode="unmasked" if reprune else spec.mode, topk_ratio=spec.topk_ratio,
-            alpha=spec.alpha,
-            learning_rate=spec.learning_rate, max_steps=max_steps, batch_size=batch_size,
-            retain_weight=_retain_weight(spec.method), seed=spec.seed, device=device, progress=False,
-            allow_dense=spec.setting == "unpruned",
-        )
-        job = UnlearnJob(world.forget_items, world.retain_items, world.tokenizer.pad_token_id, callback)
-        modifier.assign(job)
+        modifier = _sau_stage(world, callback, spec.method, spec.learning_rate, max_steps, batch_size, spec.seed,
+                              device, mode="unmasked" if reprune else spec.mode, topk_ratio=spec.topk_ratio,
+                              alpha=spec.alpha, allow_dense=spec.setting == "unpruned")
         if reprune:
             pruner, structure = spec.setting.split(" ")
             run_oneshot(model, world.tokenizer, [modifier, _pruner(pruner, structure)],
@@ -433,7 +440,7 @@ def run_unlearning(
                         num_calibration_samples=CALIBRATION_SAMPLES, max_seq_length=256)
         else:
             run_oneshot(model, world.tokenizer, [modifier])
-        result = job.results[0]
+        result = modifier.result
     model.to(device)
     t = time.perf_counter()
     metrics = evaluate_model(model, world)
@@ -543,9 +550,7 @@ def run_budget(
         :func:`aggregate_score` (``fq_score``)
     """
     from sau_compress.export import load_model
-    from sau_compress.modifier import SparsityAwareUnlearningModifier
     from sau_compress.pipeline import run_oneshot
-    from sau_compress.unlearn import UnlearnJob
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant '{variant}'; choose from {list(VARIANTS)}")
@@ -559,11 +564,8 @@ def run_budget(
             points.append({"step": step, **metrics, "fq_score": fq_score(metrics["forget_quality"])})
         return False
 
-    fields = {"method": method, "learning_rate": learning_rate, "max_steps": steps, "batch_size": batch_size,
-              "retain_weight": _retain_weight(method), "seed": seed, "device": device, "progress": False,
-              "max_grad_norm": max_grad_norm, **VARIANTS[variant]}
-    modifier = SparsityAwareUnlearningModifier(**fields)
-    modifier.assign(UnlearnJob(world.forget_items, world.retain_items, world.tokenizer.pad_token_id, callback))
+    modifier = _sau_stage(world, callback, method, learning_rate, steps, batch_size, seed, device,
+                          max_grad_norm=max_grad_norm, **VARIANTS[variant])
     run_oneshot(model, world.tokenizer, [modifier])
     del model
     gc.collect()
