@@ -29,16 +29,17 @@ from sau_compress.shards import local_tensor
 __all__ = ["HEAP_MMAP_THRESHOLD", "PeakMemory", "limit_heap_retention", "model_bytes", "release_free_memory"]
 
 
-def _load_libc_function(name: str):
-    lib = ctypes.util.find_library("c")
+def _load_libc():
+    name = ctypes.util.find_library("c")
     try:
-        return getattr(ctypes.CDLL(lib), name, None) if lib else None
+        return ctypes.CDLL(name) if name else None
     except OSError:
         return None
 
 
-_MALLOC_TRIM = _load_libc_function("malloc_trim")
-_MALLOPT = _load_libc_function("mallopt")
+_LIBC = _load_libc()
+_MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)
+_MALLOPT = getattr(_LIBC, "mallopt", None)
 
 #: glibc's ``M_MMAP_THRESHOLD`` parameter number for ``mallopt``
 _M_MMAP_THRESHOLD = -3
