@@ -82,6 +82,21 @@ def report(records: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
+def run_cell(world: core.World, folder: Path, setting: str, method: str, variant: str, seed: int, lr: float,
+             steps: int, every: int, batch_size: int, device: str, clip: float | None,
+             done: set[str]) -> dict[str, Any] | None:
+    """One fixed-budget run (:func:`headline_core.run_budget`) as a record, or ``None`` when its key is in
+    ``done`` (already recorded)."""
+    key = f"{world.name}|{setting}|{method}|{variant}|{seed}|{lr:g}|{steps}|{clip}"
+    if key in done:
+        return None
+    t = time.perf_counter()
+    pts = core.run_budget(world, folder, variant, method, seed, lr, steps, every, batch_size, device, clip)
+    return {"key": key, "world": world.name, "setting": setting, "method": method, "variant": variant, "seed": seed,
+            "learning_rate": lr, "steps": steps, "max_grad_norm": clip, "points": pts,
+            "seconds": time.perf_counter() - t, "world_weights_sha256": world.weights_sha256.get("model")}
+
+
 def _read(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -125,16 +140,10 @@ def main(argv: list[str] | None = None) -> None:
             for seed in range(args.seeds):
                 for variant in args.variants.split(","):
                     for lr in (float(v) for v in args.lrs.split(",")):
-                        key = f"{world.name}|{setting}|{args.method}|{variant}|{seed}|{lr:g}|{args.steps}|{clip}"
-                        if key in done:
+                        rec = run_cell(world, folder, setting, args.method, variant, seed, lr, args.steps,
+                                       args.every, args.batch_size, args.device, clip, done)
+                        if rec is None:
                             continue
-                        t = time.perf_counter()
-                        pts = core.run_budget(world, folder, variant, args.method, seed, lr, args.steps, args.every,
-                                              args.batch_size, args.device, clip)
-                        rec = {"key": key, "world": world.name, "setting": setting, "method": args.method,
-                               "variant": variant, "seed": seed, "learning_rate": lr, "steps": args.steps,
-                               "max_grad_norm": clip, "points": pts, "seconds": time.perf_counter() - t,
-                               "world_weights_sha256": world.weights_sha256.get("model")}
                         with runs_path.open("a") as fh:  # one write per line: a stopped sweep resumes
                             fh.write(json.dumps(rec) + "\n")
                         records.append(rec)

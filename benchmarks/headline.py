@@ -60,6 +60,8 @@ import headline_report as report  # noqa: E402
 
 #: learning rate per base method (AdamW), the same for every mode of that method
 DEFAULT_LR = {"grad_diff": 1e-3, "npo": 2e-3, "simnpo": 5e-3, "grad_ascent": 1e-3}
+#: what ``--modes`` accepts: the benchmark's modes and the named configurations of ``headline_core.VARIANTS``
+CONFIGURATIONS = (*core.MODES, *(v for v in core.VARIANTS if v not in core.MODES))
 SWEEP_TOPK = (0.1, 0.3, 0.5)
 SWEEP_ALPHA = (0.05, 0.1, 0.2)
 
@@ -89,19 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--structures", default=None, help="comma list of 50%%,2:4")
     p.add_argument("--methods", default=None, help="comma list of grad_diff,npo,simnpo,grad_ascent")
     p.add_argument("--modes", default=None,
-                   help="comma list of dense,masked,topk,sau,naive,naive-reprune (default: per world)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; quick 1)")
+                   help="comma list of modes or configurations: dense,masked,topk,sau,naive,naive-reprune and "
+                        "headline_core.VARIANTS (sau-alpha4, contrastive, ...) (default: per world)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 5 at size capacity, else 3; "
+                                                           "quick 1)")
     p.add_argument("--lr", action="append", help="METHOD=LR (repeatable); defaults: %s" % DEFAULT_LR)
-    p.add_argument("--max-steps", type=int, default=None, help="step cap per run (default: toy 120, tofu 80)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="step cap per run (default: capacity world 150, toy 120, tofu 80)")
     p.add_argument("--check-every", type=int, default=3, help="steps between forgetting checks")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--retain-eval", type=int, default=40, help="retain records for model utility")
     p.add_argument("--no-sweep", action="store_true", help="skip the topk_ratio x alpha sweep")
     p.add_argument("--no-uts", action="store_true", help="skip unlearn-then-sparsify")
+    p.add_argument("--no-ablation", action="store_true", help="skip the profile's ablations (capacity world)")
+    p.add_argument("--no-budget", action="store_true",
+                   help="skip the profile's fixed-budget protocol (Pareto hypervolume; capacity world)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--model-size", choices=list(core.MODEL_SIZES), default=None,
-                   help="world model size (default: tiny on CPU, large on CUDA; see headline_core.MODEL_SIZES)")
+                   help="world model size (default: capacity on CPU, large on CUDA; see headline_core.MODEL_SIZES)")
     p.add_argument("--report-only", action="store_true",
                    help="render the table and plots from the runs and meta already in --out; run nothing")
     p.add_argument("--out", default=None, help="output folder (default: docs/results/headline; quick: "
@@ -121,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start at this seed (to share seeds between processes appending to the same output)")
     p.add_argument("--sweep-seeds", type=int, default=1, help="seeds of the topk_ratio x alpha sweep")
     # set only on a worker's copy of the arguments (_part_args): run one base method, write no world meta
-    p.set_defaults(worker=False, part_method=None)
+    p.set_defaults(worker=False, part_method=None, part_setting=None)
     return p
 
 
@@ -151,28 +159,68 @@ QUICK_PROFILE: dict[str, dict[str, Any]] = {
             "cells": {"grad_diff": [("sparsegpt", "2:4"), ("magnitude", "50%")]}},
     "tofu": {"modes": list(core.DEFAULT_MODES), "cells": {"grad_diff": [("sparsegpt", "2:4")]}},
 }
+#: The default on the CPU: the ``capacity`` toy world (``headline_core.MODEL_SIZES``: 0.21M parameters for 240
+#: people and 48 people of prior knowledge), where every 2:4 pruner costs 0.16-0.22 of utility, so a method that
+#: spares what pruning left has something to show. grad_diff on every pruner x structure, each configuration
+#: of :data:`MATCHED` at matched forgetting; the ablations (topk_ratio 0.1/0.5, saliency refresh, contrastive
+#: SAU) on SparseGPT 2:4; and the fixed-budget protocol (``budget``: each configuration at every learning rate of
+#: a grid for a fixed number of steps, clipped at 1.0, its Pareto front's hypervolume; see budget_sweep.py).
+MATCHED = ["dense", "naive", "naive-reprune", "topk", "sau", "sau-alpha1", "sau-alpha4", "contrastive"]
+CAPACITY_PROFILE: dict[str, dict[str, Any]] = {
+    "toy": {"modes": MATCHED, "cells": {"grad_diff": _ALL_SETTINGS},
+            "ablation": {"setting": ("sparsegpt", "2:4"),
+                         "variants": ["topk-k0.1", "topk-k0.5", "sau-refresh10", "sau-contrastive"]},
+            "budget": {"variants": ["dense", "naive", "topk", "sau", "sau-alpha1", "sau-alpha4", "contrastive"],
+                       "lrs": [1e-3, 3e-3], "steps": 30, "every": 10}},
+}
+CAPACITY_QUICK: dict[str, dict[str, Any]] = {
+    "toy": {"modes": ["dense", "naive", "topk", "sau"],
+            "cells": {"grad_diff": [("sparsegpt", "2:4"), ("magnitude", "50%")]},
+            "ablation": None,
+            "budget": {"variants": ["dense", "sau"], "lrs": [1e-3], "steps": 20, "every": 10}},
+}
 #: the sweep's setting per world (SAU mode); the full run sweeps the toy world only (``SWEEP_WORLDS``)
 SWEEP_SETTING = {"toy": ("sparsegpt 2:4", "grad_diff"), "tofu": ("sparsegpt 2:4", "grad_diff")}
 SWEEP_WORLDS = ("toy",)
 
 
+def _profile(args: argparse.Namespace, world: str) -> dict[str, Any]:
+    """The profile of ``world`` at the arguments' model size (``capacity``: :data:`CAPACITY_PROFILE`, else
+    :data:`FULL_PROFILE`; their quick versions with ``--quick``)."""
+    if args.model_size == "capacity":
+        profiles = CAPACITY_QUICK if args.quick else CAPACITY_PROFILE
+        if world not in profiles:
+            raise SystemExit(f"--model-size capacity: no {world} world at that size; choose from {list(profiles)}")
+        return profiles[world]
+    return (QUICK_PROFILE if args.quick else FULL_PROFILE)[world]
+
+
 def _plan(args: argparse.Namespace, world: str) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
     """({method: settings}, modes) for ``world`` from the profile and the flags."""
-    profile = (QUICK_PROFILE if args.quick else FULL_PROFILE)[world]
+    profile = _profile(args, world)
     pruners, structures, methods = _csv(args.pruners), _csv(args.structures), _csv(args.methods)
     if args.full_matrix or pruners or structures or methods:
         settings = [(p, s) for p in (pruners or core.PRUNERS) for s in (structures or core.STRUCTURES)]
-        cells = {m: settings for m in (methods or core.METHODS)}
+        cells = {m: settings for m in (methods or (core.METHODS if args.full_matrix else list(profile["cells"])))}
     else:
         cells = {m: list(v) for m, v in profile["cells"].items()}
     modes = _csv(args.modes) or (list(core.DEFAULT_MODES) if args.full_matrix else list(profile["modes"]))
     for name, values, allowed in (("--pruners", [p for v in cells.values() for p, _ in v], core.PRUNERS),
                                   ("--structures", [s for v in cells.values() for _, s in v], core.STRUCTURES),
-                                  ("--methods", list(cells), core.METHODS), ("--modes", modes, core.MODES)):
+                                  ("--methods", list(cells), core.METHODS), ("--modes", modes, CONFIGURATIONS)):
         bad = sorted({v for v in values if v not in allowed})
         if bad:
             raise SystemExit(f"{name}: unknown {bad}; choose from {list(allowed)}")
     return cells, modes
+
+
+def _extras(args: argparse.Namespace, world: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(ablation, budget) of ``world``'s profile, each ``None`` when the profile has none or a flag turns it
+    off (``--no-ablation``, ``--no-budget``; narrowing flags such as ``--modes`` keep them)."""
+    profile = _profile(args, world)
+    ablation = None if args.no_ablation else profile.get("ablation")
+    budget = None if args.no_budget else profile.get("budget")
+    return ablation, budget
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
@@ -204,18 +252,19 @@ def main(argv: list[str] | None = None) -> int:
     _setup_process(args.threads)
 
     quick = args.quick
-    worlds = _csv(args.worlds) or (["toy"] if quick else ["tofu", "toy"])
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    size = args.model_size or ("capacity" if device == "cpu" else "large")
+    args.model_size = size
+    worlds = _csv(args.worlds) or (["toy"] if quick or size == "capacity" else ["tofu", "toy"])
     bad = [w for w in worlds if w not in ("tofu", "toy")]
     if bad:
         raise SystemExit(f"--worlds: unknown {bad}; choose from ['tofu', 'toy']")
-    bad = [m for m in (_csv(args.modes) or []) if m not in core.MODES]
+    bad = [m for m in (_csv(args.modes) or []) if m not in CONFIGURATIONS]
     if bad:
-        raise SystemExit(f"--modes: unknown {bad}; choose from {list(core.MODES)}")
-    seeds = list(range(args.first_seed, args.seeds if args.seeds is not None else (1 if quick else 3)))
+        raise SystemExit(f"--modes: unknown {bad}; choose from {list(CONFIGURATIONS)}")
+    default_seeds = 1 if quick else 5 if size == "capacity" else 3
+    seeds = list(range(args.first_seed, args.seeds if args.seeds is not None else default_seeds))
     lrs = _parse_lr(args.lr)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    size = args.model_size or ("tiny" if device == "cpu" else "large")
-    args.model_size = size
     labels = [core.world_label(w, size) for w in worlds]
     results = Path("docs") / "results"
     default_out = results / "headline" if size == "tiny" else results / f"headline_{size}"
@@ -225,12 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     runs_path = out / "headline_runs.jsonl"
     if args.fresh:
         runs_path.unlink(missing_ok=True)
+        (out / "budget_runs.jsonl").unlink(missing_ok=True)
         for old in out.glob("headline_meta_*.json"):
             old.unlink()
         argv = [a for a in argv if a != "--fresh"]
     jobs = args.jobs if args.jobs is not None else (2 if device == "cpu" else 1)
     started = time.perf_counter()
-    tasks = [(w, s, m) for w in worlds for s in seeds for m in _plan(args, w)[0]]
+    tasks = [task for w in worlds for s in seeds for task in _parts(args, w, s)]
     if not args.report_only:
         if jobs > 1 and len(tasks) > 1:
             _run_parallel(args, worlds, tasks, jobs, lrs, device, out, work, quick)
@@ -264,9 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": wall,
     }
     (out / "headline_meta.json").write_text(json.dumps(meta, indent=2))
-    sweeps = [(label, *SWEEP_SETTING[w]) for w, label in zip(worlds, labels, strict=True)
-              if not args.no_sweep and (quick or w in SWEEP_WORLDS)]
-    text = report.render_markdown(records, meta, sweeps)
+    sweeps = [(label, *SWEEP_SETTING[w]) for w, label in zip(worlds, labels, strict=True) if _sweeps(args, w)]
+    budget_records = _read_records(out / "budget_runs.jsonl")
+    text = report.render_markdown(records, meta, sweeps, by="setting" if size == "capacity" else "pruner")
+    if budget_records:
+        from budget_sweep import report as budget_report
+
+        text += ("\n## Fixed budget: Pareto hypervolume (clipping 1.0, every learning rate of the grid; paired by "
+                 "seed)\n\n" + budget_report(budget_records))
     (out / "headline_table.md").write_text(text)
     for wname in labels:
         report.plot_tradeoffs(records, wname, out / "plots" / f"headline_{wname}.png")
@@ -278,11 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _part_args(args: argparse.Namespace, world: str, seed: int, method: str, threads: int,
+def _part_args(args: argparse.Namespace, world: str, seed: int, method: str, setting: str, threads: int,
                out: Path) -> argparse.Namespace:
-    """A copy of ``args`` for one (world, seed, base method) part run by a worker process."""
+    """A copy of ``args`` for one (world, seed, base method, setting) part run by a worker process."""
     part = argparse.Namespace(**vars(args))
     part.worlds, part.first_seed, part.seeds, part.part_method = world, seed, seed + 1, method
+    part.part_setting = setting
     part.threads, part.jobs, part.worker, part.out = threads, 1, True, str(out)
     return part
 
@@ -295,11 +351,11 @@ def _run_part(part: argparse.Namespace, lrs: dict[str, float], device: str, work
                quick)
 
 
-def _run_parallel(args: argparse.Namespace, worlds: list[str], tasks: list[tuple[str, int, str]], jobs: int,
+def _run_parallel(args: argparse.Namespace, worlds: list[str], tasks: list[tuple[str, int, str, str]], jobs: int,
                   lrs: dict[str, float], device: str, out: Path, work: Path, quick: bool) -> None:
     """Prepare every world here (prune, evaluate the starting points), then run each (world, seed, base
-    method) part in a worker process (:func:`_run_part`), at most ``jobs`` at a time, base method by base
-    method.
+    method, setting) part in a worker process (:func:`_run_part`), at most ``jobs`` at a time, base method by
+    base method.
 
     Tiny models do not scale with threads, one-thread processes do; workers append to the same JSONL file
     (one ``write`` per line, in append mode). Each worker is a fresh spawned process that runs one part.
@@ -321,7 +377,7 @@ def _run_parallel(args: argparse.Namespace, worlds: list[str], tasks: list[tuple
     # SimNPO last: on pruned models it mostly runs to the step cap (see docs/results.md)
     order = ("grad_diff", "npo", "grad_ascent", "simnpo")
     parts = sorted(tasks, key=lambda t: (order.index(t[2]), t[1], t[0] != "tofu"))
-    failed: list[tuple[str, int, str]] = []
+    failed: list[tuple[str, int, str, str]] = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              max_tasks_per_child=1) as pool:
         futures = [pool.submit(_run_part, _part_args(args, *part, threads, out), lrs, device, work, quick)
@@ -332,7 +388,7 @@ def _run_parallel(args: argparse.Namespace, worlds: list[str], tasks: list[tuple
                 failed.append(part)
                 logger.opt(exception=error).error(f"part {part} failed")
     if failed:
-        raise SystemExit(f"parts failed (world, seed, method): {failed}")
+        raise SystemExit(f"parts failed (world, seed, method, setting): {failed}")
 
 
 def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict[str, float], device: str,
@@ -346,7 +402,7 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
     all_cells, modes = _plan(args, wname)
     cells = {m: v for m, v in all_cells.items() if args.part_method in (None, m)}
     settings = sorted({st for v in (cells if args.worker else all_cells).values() for st in v})
-    max_steps = args.max_steps or (120 if wname == "toy" else 80)
+    max_steps = args.max_steps or (150 if args.model_size == "capacity" else 120 if wname == "toy" else 80)
 
     def record(rec: dict[str, Any]) -> dict[str, Any]:
         done[rec["key"]] = rec
@@ -367,12 +423,16 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
         starts.append(known.get(name) or {"world": label, "setting": name,
                                           **core.evaluate_model(core_load(folder, device), w)})
     sweep_grid: list[tuple[float, float]] = []
-    if not args.no_sweep and (quick or wname in SWEEP_WORLDS):
+    if _sweeps(args, wname):
         sweep_grid = [(0.1, 0.1), (0.5, 0.1)] if quick else [(k, a) for k in SWEEP_TOPK for a in SWEEP_ALPHA]
+    ablation, budget = _extras(args, wname)
     if not args.worker:
         plan = {"cells": {m: [f"{p} {s}" for p, s in v] for m, v in all_cells.items()}, "modes": modes,
                 "seeds": seeds, "max_steps": max_steps,
-                "sweep": None if not sweep_grid else {"setting": SWEEP_SETTING[wname], "grid": sweep_grid}}
+                "sweep": None if not sweep_grid else {"setting": SWEEP_SETTING[wname], "grid": sweep_grid},
+                "ablation": None if not ablation else {"setting": " ".join(ablation["setting"]),
+                                                       "variants": ablation["variants"]},
+                "budget": budget}
         tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}")
         tmp.write_text(json.dumps({"world": w.describe(), "starts": starts, "plan": plan}, indent=2))
         os.replace(tmp, meta_path)  # atomic: parallel parts read it
@@ -382,25 +442,44 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
     def run(spec: core.RunSpec, folder: Path, keep: bool = False) -> tuple[dict[str, Any], Any]:
         return core.run_unlearning(spec, w, folder, max_steps, args.check_every, args.batch_size, device, keep)
 
+    budget_path = out / "budget_runs.jsonl"
+    budget_done = {r["key"] for r in _read_records(budget_path)}
     for seed in seeds:
         for method, msettings in cells.items():
-            spec = core.RunSpec(label, "matrix", "unpruned", method, "dense", seed, lrs[method])
-            uts_keys = [] if args.no_uts else [f"uts|{spec.key()}|{p} {s}" for p, s in msettings]
-            need_uts = any(k not in done for k in uts_keys)
-            if spec.key() not in done or need_uts:
-                rec, model = run(spec, w.model_dir, keep=need_uts)
-                rec = done[spec.key()] if spec.key() in done else record(rec)
-                for (p, s), key in zip(msettings, uts_keys, strict=False):
-                    if key not in done:
-                        record(core.unlearn_then_sparsify(model, w, rec, p, s))
-                del model
+            if args.part_setting in (None, "unpruned"):
+                spec = core.RunSpec(label, "matrix", "unpruned", method, "dense", seed, lrs[method])
+                uts_keys = [] if args.no_uts else [f"uts|{spec.key()}|{p} {s}" for p, s in msettings]
+                need_uts = any(k not in done for k in uts_keys)
+                if spec.key() not in done or need_uts:
+                    rec, model = run(spec, w.model_dir, keep=need_uts)
+                    rec = done[spec.key()] if spec.key() in done else record(rec)
+                    for (p, s), key in zip(msettings, uts_keys, strict=False):
+                        if key not in done:
+                            record(core.unlearn_then_sparsify(model, w, rec, p, s))
+                    del model
             for pruner, structure in msettings:
+                setting = f"{pruner} {structure}"
+                if args.part_setting not in (None, setting):
+                    continue
                 folder = core.pruned_dir(w, pruner, structure, work)
-                for mode in modes:
-                    spec = core.RunSpec(label, "matrix", f"{pruner} {structure}", method, mode, seed, lrs[method])
+                extra = ablation["variants"] if ablation and (pruner, structure) == tuple(ablation["setting"]) else []
+                for mode in [*modes, *(v for v in extra if v not in modes)]:
+                    spec = core.make_spec(label, "matrix", setting, method, mode, seed, lrs[method])
                     if spec.key() not in done:
                         record(run(spec, folder)[0])
-        if sweep_grid and seed < args.sweep_seeds and args.part_method in (None, SWEEP_SETTING[wname][1]):
+                if budget:
+                    from budget_sweep import run_cell
+
+                    for variant in budget["variants"]:
+                        for lr in budget["lrs"]:
+                            rec = run_cell(w, folder, setting, method, variant, seed, lr, budget["steps"],
+                                           budget["every"], args.batch_size, device, 1.0, budget_done)
+                            if rec is not None:
+                                with budget_path.open("a") as fh:  # one write per line, as the runs file
+                                    fh.write(json.dumps(rec) + "\n")
+                                budget_done.add(rec["key"])
+        if (sweep_grid and seed < args.sweep_seeds and args.part_method in (None, SWEEP_SETTING[wname][1])
+                and args.part_setting in (None, SWEEP_SETTING[wname][0])):
             setting, method = SWEEP_SETTING[wname]
             pruner, structure = setting.split(" ")
             folder = core.pruned_dir(w, pruner, structure, work)
@@ -409,6 +488,19 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
                 twin = core.RunSpec(label, "matrix", setting, method, "sau", seed, lrs[method], k, a)
                 if spec.key() not in done and twin.key() not in done:
                     record(run(spec, folder)[0])
+
+
+def _sweeps(args: argparse.Namespace, world: str) -> bool:
+    """Whether ``world`` runs the topk_ratio x alpha sweep (not at size capacity: its ablations cover it)."""
+    return not args.no_sweep and args.model_size != "capacity" and (args.quick or world in SWEEP_WORLDS)
+
+
+def _parts(args: argparse.Namespace, world: str, seed: int) -> list[tuple[str, int, str, str]]:
+    """The (world, seed, base method, setting) parts of one seed, run by worker processes: per base method the
+    unpruned run (with unlearn-then-sparsify) and one part per pruning setting."""
+    cells, _ = _plan(args, world)
+    return [(world, seed, method, setting) for method, settings in cells.items()
+            for setting in ["unpruned", *(f"{p} {s}" for p, s in settings)]]
 
 
 def core_load(folder: Path, device: str) -> torch.nn.Module:

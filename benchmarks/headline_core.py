@@ -26,6 +26,8 @@ __all__ = [
     "METHODS",
     "MODES",
     "PRUNERS",
+    "make_spec",
+    "variant_fields",
     "STRUCTURES",
     "RunSpec",
     "World",
@@ -57,6 +59,10 @@ DEFAULT_MODES = ("dense", "masked", "topk", "sau")
 #: forget quality is a KS p-value; its log-scaled score reaches 0 at this many decades below 1 (two fully
 #: separated samples of 40 truth ratios give p ~ 1e-20)
 FQ_DECADES = 20.0
+#: sequences per forward pass / ``generate`` call in evaluations and forgetting checks: a whole forget set of
+#: the capacity world in one call (on one CPU thread 240 answers take 0.28 s at once against 0.49 s in
+#: batches of 64; generation is batch-size independent, tests/test_evaluation.py)
+EVAL_BATCH = 256
 #: bump when pruning changes (part of the pruned-folder cache key)
 PRUNE_VERSION = 1
 #: model sizes of the worlds, as overrides of the world's training config: ``tiny`` (hidden 192, 4 layers,
@@ -73,6 +79,9 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
 }
 #: people of the toy world per model size (default 40): more facts per parameter than the tiny world
 WORLD_PEOPLE: dict[str, int] = {"capacity": 240}
+#: prior-knowledge people of the toy world per model size (default none): learnt first and rehearsed, in no
+#: split unlearning touches; model utility includes them (``sau_compress.worlds.build_toy_world``)
+WORLD_PRIOR: dict[str, int] = {"capacity": 48}
 
 
 def world_label(name: str, size: str) -> str:
@@ -107,6 +116,10 @@ class World:
     retain_model_rouge: dict[str, float] = field(default_factory=dict)
     forget_items: list[dict[str, Any]] = field(default_factory=list)
     retain_items: list[dict[str, Any]] = field(default_factory=list)
+    #: prior knowledge (facts learnt before the world's people; none in the tiny worlds) and the part of it
+    #: model utility is measured on
+    prior: list[dict[str, Any]] = field(default_factory=list)
+    prior_eval: list[dict[str, Any]] = field(default_factory=list)
     #: SHA-256 of the memorizer's and the retain model's weights (builds differ across machines)
     weights_sha256: dict[str, str] = field(default_factory=dict)
 
@@ -121,6 +134,8 @@ class World:
             "retain": len(self.retain),
             "retain_eval": len(self.retain_eval),
             "holdout": len(self.holdout),
+            "prior": len(self.prior),
+            "prior_eval": len(self.prior_eval),
             "target_forget_rouge": self.target,
             "memorizer_rouge": self.memorizer_rouge,
             "retain_model_rouge": self.retain_model_rouge,
@@ -151,7 +166,8 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
 
     :param name: ``toy`` (:func:`sau_compress.worlds.build_toy_world`) or ``tofu``
         (:func:`sau_compress.worlds.build_tofu_world`)
-    :param retain_eval: retain records used for model utility (evenly spaced: every person/author counts)
+    :param retain_eval: retain records used for model utility (evenly spaced: every person/author counts); as
+        many prior-knowledge records join them where the world has prior knowledge
     :param device: where the reference evaluations run (and where a non-tiny world is trained)
     :param tofu_dir: TOFU data folder (default :func:`headline_tofu_data_dir`)
     :param size: a key of :data:`MODEL_SIZES`
@@ -170,7 +186,8 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
         from sau_compress.worlds import ToyTrainConfig, build_toy_world
 
         built = build_toy_world(people=WORLD_PEOPLE.get(size, 40),
-                                config=replace(ToyTrainConfig(), **MODEL_SIZES[size]), device=train_device)
+                                config=replace(ToyTrainConfig(), **MODEL_SIZES[size]), device=train_device,
+                                prior_people=WORLD_PRIOR.get(size, 0))
         max_new_tokens = 32
     elif name == "tofu":
         from sau_compress.worlds import build_tofu_world, default_tofu_train_config
@@ -183,6 +200,8 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
         raise ValueError(f"unknown world '{name}'; choose from ['toy', 'tofu']")
     tokenizer = AutoTokenizer.from_pretrained(str(built.model_dir))
     sets = {s: load_qa(str(built.data_dir / f"{s}.jsonl")) for s in ("forget", "retain", "holdout")}
+    prior_file = built.data_dir / "prior.jsonl"
+    prior = load_qa(str(prior_file)) if prior_file.is_file() else []
     world = World(
         name=world_label(name, size),
         root=built.root,
@@ -192,6 +211,8 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
         retain=sets["retain"],
         holdout=sets["holdout"],
         retain_eval=_evenly(sets["retain"], retain_eval),
+        prior=prior,
+        prior_eval=_evenly(prior, retain_eval) if prior else [],
         tokenizer=tokenizer,
         max_new_tokens=max_new_tokens,
         parameters=built.parameters,
@@ -208,14 +229,17 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
     from sau_compress.evaluation import evaluate
 
     ref = evaluate(retain_model, tokenizer, "toy", datasets=_eval_sets(world), metrics=["forget_truth_ratio"],
-                   batch_size=64, max_new_tokens=max_new_tokens)
+                   batch_size=EVAL_BATCH, max_new_tokens=max_new_tokens)
     world.reference = {"forget_truth_ratio": ref["forget_truth_ratio"]}
     logger.info(f"world {name}: target forget ROUGE-L recall <= {world.target:.4f} (memorizer on holdout)")
     return world
 
 
 def _eval_sets(world: World) -> dict[str, list[dict[str, Any]]]:
-    return {"forget": world.forget, "retain": world.retain_eval, "holdout": world.holdout}
+    sets = {"forget": world.forget, "retain": world.retain_eval, "holdout": world.holdout}
+    if world.prior_eval:
+        sets["prior"] = world.prior_eval  # model utility then covers it (the toy suite's prior block)
+    return sets
 
 
 @torch.no_grad()
@@ -227,7 +251,7 @@ def forget_rouge(model: torch.nn.Module, world: World, records: list[dict[str, A
     was_training = model.training
     model.eval()
     answers = generate_answers(model, world.tokenizer, [r["question"] for r in records],
-                               max_new_tokens=world.max_new_tokens, batch_size=64)
+                               max_new_tokens=world.max_new_tokens, batch_size=EVAL_BATCH)
     model.train(was_training)
     return sum(rouge_l_recall(a, r["answer"]) for a, r in zip(answers, records, strict=True)) / len(records)
 
@@ -255,19 +279,27 @@ def aggregate_score(model_utility: float | None, forget_quality: float | None) -
 
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, world: World) -> dict[str, Any]:
-    """Forget quality (KS vs the retain model), model utility (retain set), ROUGE-L recalls, aggregate."""
+def evaluate_model(model: torch.nn.Module, world: World, forget_answers: bool = True) -> dict[str, Any]:
+    """Forget quality (KS vs the retain model), model utility (retain set, and prior knowledge where the world
+    has it), ROUGE-L recalls, aggregate.
+
+    :param forget_answers: generate answers to the forget questions for their ROUGE-L (else ``forget_rouge`` is
+        ``None``; forget quality and utility do not need them)
+    """
     from sau_compress.evaluation import evaluate
 
     model.eval()
+    wanted = ["forget_quality", "model_utility", "retain_Q_A_ROUGE", "prior_Q_A_ROUGE"]
     res = evaluate(model, world.tokenizer, "toy", datasets=_eval_sets(world),
-                   metrics=["forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE"],
-                   batch_size=64, max_new_tokens=world.max_new_tokens, reference=world.reference)
+                   metrics=wanted + (["forget_Q_A_ROUGE"] if forget_answers else []),
+                   batch_size=EVAL_BATCH, max_new_tokens=world.max_new_tokens, reference=world.reference)
     out = {
         "forget_quality": res["forget_quality"]["agg_value"],
         "model_utility": res["model_utility"]["agg_value"],
-        "forget_rouge": res["forget_Q_A_ROUGE"]["agg_value"],
+        "forget_rouge": res["forget_Q_A_ROUGE"]["agg_value"] if forget_answers else None,
         "retain_rouge": res["retain_Q_A_ROUGE"]["agg_value"],
+        # prior knowledge's ROUGE-L recall (None in a world without it)
+        "prior_rouge": res["prior_Q_A_ROUGE"]["agg_value"] if "prior_Q_A_ROUGE" in res else None,
     }
     out["aggregate"] = aggregate_score(out["model_utility"], out["forget_quality"])
     return out
@@ -363,6 +395,14 @@ class RunSpec:
                 f"{self.topk_ratio:g}|{self.alpha:g}")
 
 
+def make_spec(world: str, kind: str, setting: str, method: str, variant: str, seed: int,
+              learning_rate: float) -> RunSpec:
+    """The run of configuration ``variant`` (:func:`variant_fields`), its topk_ratio and alpha in the spec (and
+    so in its key and record)."""
+    fields = variant_fields(variant)
+    return RunSpec(world, kind, setting, method, variant, seed, learning_rate, fields["topk_ratio"], fields["alpha"])
+
+
 def _retain_weight(method: str) -> float:
     return 0.0 if method == "grad_ascent" else 1.0
 
@@ -431,8 +471,8 @@ def run_unlearning(
         # the recipe path users run: the SAU stage inside oneshot, fed the world's tokenized sets; naive-reprune
         # is the stage in mode 'unmasked' followed by the setting's pruner (calibrated as in `prune`)
         modifier = _sau_stage(world, callback, spec.method, spec.learning_rate, max_steps, batch_size, spec.seed,
-                              device, mode="unmasked" if reprune else spec.mode, topk_ratio=spec.topk_ratio,
-                              alpha=spec.alpha, allow_dense=spec.setting == "unpruned")
+                              device, allow_dense=spec.setting == "unpruned",
+                              **variant_fields(spec.mode, spec.topk_ratio, spec.alpha))
         if reprune:
             pruner, structure = spec.setting.split(" ")
             run_oneshot(model, world.tokenizer, [modifier, _pruner(pruner, structure)],
@@ -515,18 +555,40 @@ def unlearn_then_sparsify(
 
 # ------------------------------------------------------------------------------------------ fixed budget
 
-#: configurations of the fixed-budget protocol: name -> SparsityAwareUnlearningModifier fields
+#: configurations the benchmark compares: name -> SparsityAwareUnlearningModifier fields. A matched-forgetting
+#: run's ``mode`` is one of these names (or ``naive-reprune``: mode ``unmasked`` followed by the setting's
+#: pruner); the fixed-budget protocol runs them too. ``topk`` and ``sau`` keep topk_ratio 0.3 and alpha 0.1.
 VARIANTS: dict[str, dict[str, Any]] = {
     "dense": {"mode": "dense"},
     "naive": {"mode": "naive"},
     "masked": {"mode": "masked"},
     "topk": {"mode": "topk"},
-    "sau": {"mode": "sau", "alpha": 0.1},
+    "sau": {"mode": "sau"},
     "sau-alpha1": {"mode": "sau", "alpha": 1.0},
     "sau-alpha4": {"mode": "sau", "alpha": 4.0},
     "contrastive": {"mode": "topk", "saliency": "contrastive"},
+    "sau-contrastive": {"mode": "sau", "saliency": "contrastive"},
     "sau-refresh10": {"mode": "sau", "saliency_refresh_steps": 10},
+    "topk-k0.1": {"mode": "topk", "topk_ratio": 0.1},
+    "topk-k0.5": {"mode": "topk", "topk_ratio": 0.5},
 }
+
+
+def variant_fields(name: str, topk_ratio: float = 0.3, alpha: float = 0.1) -> dict[str, Any]:
+    """The modifier fields of configuration ``name`` (:data:`VARIANTS`; ``naive-reprune`` is mode ``unmasked``;
+    a plain mode name outside it is that mode), on top of ``topk_ratio`` and ``alpha``.
+
+    :raises ValueError: ``name`` is neither a variant nor a mode of :data:`MODES`
+    """
+    if name == "naive-reprune":
+        fields: dict[str, Any] = {"mode": "unmasked"}
+    elif name in VARIANTS:
+        fields = dict(VARIANTS[name])
+    elif name in MODES:
+        fields = {"mode": name}
+    else:
+        raise ValueError(f"unknown configuration '{name}'; choose from {[*VARIANTS, 'naive-reprune']}")
+    return {"topk_ratio": topk_ratio, "alpha": alpha, **fields}
 
 
 def run_budget(
@@ -544,7 +606,8 @@ def run_budget(
 ) -> list[dict[str, Any]]:
     """One fixed-budget run: ``steps`` optimizer steps from a fresh load of ``model_dir`` (clipping at
     ``max_grad_norm``, as open-unlearning's trainers do), never stopped early; the model is evaluated
-    (:func:`evaluate_model`) every ``every`` steps. In mode ``naive`` the evaluated model is the re-masked one.
+    (:func:`evaluate_model`, without forget answers) every ``every`` steps. In mode ``naive`` the evaluated model is
+    the re-masked one.
 
     :return: one point per evaluation: ``step``, the metrics, and the forget-quality score of
         :func:`aggregate_score` (``fq_score``)
@@ -552,20 +615,19 @@ def run_budget(
     from sau_compress.export import load_model
     from sau_compress.pipeline import run_oneshot
 
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant '{variant}'; choose from {list(VARIANTS)}")
+    fields = variant_fields(variant)
     model = load_model(model_dir).to(device)
     points: list[dict[str, Any]] = []
 
     def callback(step: int, net: torch.nn.Module) -> bool:
         if step % every == 0:
-            metrics = evaluate_model(net, world)
+            metrics = evaluate_model(net, world, forget_answers=False)
             net.train()
             points.append({"step": step, **metrics, "fq_score": fq_score(metrics["forget_quality"])})
         return False
 
     modifier = _sau_stage(world, callback, method, learning_rate, steps, batch_size, seed, device,
-                          max_grad_norm=max_grad_norm, **VARIANTS[variant])
+                          max_grad_norm=max_grad_norm, **fields)
     run_oneshot(model, world.tokenizer, [modifier])
     del model
     gc.collect()

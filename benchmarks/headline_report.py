@@ -17,7 +17,9 @@ TABLE_COLUMNS = (
     "world", "setting", "method", "mode", "runs", "reached", "steps", "forget ROUGE-L", "log10 FQ",
     "model utility", "aggregate", "train s", "s/step", "peak MiB",
 )
-MODE_ORDER = {"dense": 0, "masked": 1, "topk": 2, "sau": 3, "naive": 4, "naive-reprune": 5, "unlearn→prune": 6}
+MODE_ORDER = {"dense": 0, "masked": 1, "topk": 2, "sau": 3, "naive": 4, "naive-reprune": 5, "unlearn→prune": 6,
+              "sau-alpha1": 7, "sau-alpha4": 8, "contrastive": 9, "sau-contrastive": 10, "sau-refresh10": 11,
+              "topk-k0.1": 12, "topk-k0.5": 13}
 
 
 def _mean_std(values: Iterable[float | None], digits: int = 3) -> str:
@@ -131,8 +133,8 @@ def comparison_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
 
 PAIRED_COLUMNS = (
     "world", "pruner", "pair", "pairs", "not reached", "Δ log10 FQ", "FQ higher", "Δ utility", "utility higher",
-    "Δ utility 95% CI", "Δ aggregate", "aggregate higher", "Δ aggregate 95% CI", "verdict", "steps ratio",
-    "time ratio", "memory ratio",
+    "Δ utility 95% CI", "Δ aggregate", "relative", "aggregate higher", "Δ aggregate 95% CI", "verdict",
+    "steps ratio", "time ratio", "memory ratio",
 )
 #: paired differences need at least this many pairs for a confidence interval
 MIN_PAIRS_FOR_CI = 3
@@ -188,16 +190,26 @@ def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, f
 def _fmt_interval(interval: tuple[float, float] | None) -> str:
     return "–" if interval is None else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
 
-#: (a, b): each row compares mode a against mode b
-PAIRS = (("sau", "dense"), ("topk", "dense"), ("sau", "topk"), ("masked", "dense"), ("sau", "naive"),
-         ("topk", "naive"), ("dense", "naive"), ("sau", "naive-reprune"), ("dense", "naive-reprune"))
+#: the configurations compared against each baseline, in table order
+CANDIDATES = ("topk", "sau", "sau-alpha1", "sau-alpha4", "contrastive", "sau-contrastive", "sau-refresh10",
+              "topk-k0.1", "topk-k0.5", "masked", "naive-reprune")
+#: (a, b): each row compares mode a against mode b: every candidate against ``dense`` and against ``naive``,
+#: then ``dense`` against the baselines without the toolkit and ``sau`` against ``topk`` (the redistribution)
+PAIRS = (*((a, "dense") for a in CANDIDATES), ("naive", "dense"), *((a, "naive") for a in CANDIDATES if a != "masked"),
+         ("dense", "naive"), ("dense", "naive-reprune"), ("sau", "topk"))
 
 
-def paired_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+def _group_of(setting: str, by: str) -> str:
+    return setting if by == "setting" else setting.split(" ")[0]
+
+
+def paired_rows(records: Sequence[dict[str, Any]], by: str = "pruner") -> list[dict[str, str]]:
     """Paired differences a − b at matched forgetting: runs of the same world, pruning setting, base method,
     seed and learning rate, kept only when **both** reached the forgetting target (the pairs where either
-    did not are counted in ``not reached``). One row per world x pruner (structures and base methods pooled)
-    and per world over all pruners. Ratios are ratios of sums (a / b) over the pairs."""
+    did not are counted in ``not reached``). One row per world x pruner (``by="pruner"``: structures pooled) or
+    per world x pruning setting (``by="setting"``), base methods pooled, and per world over all settings.
+    ``relative`` is the mean difference of the aggregate over b's mean aggregate. Ratios are ratios of sums
+    (a / b) over the pairs."""
     runs: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in records:
         if r["kind"] == "matrix" and r["setting"] != "unpruned":
@@ -206,16 +218,16 @@ def paired_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
     rows = []
     worlds = sorted({k[0] for k in runs})
     for world in worlds:
-        pruners = sorted({k[1].split(" ")[0] for k in runs if k[0] == world})
-        for pruner in [*pruners, "all"]:
+        groups = sorted({_group_of(k[1], by) for k in runs if k[0] == world})
+        for group in [*groups, "all"]:
             for a, b in PAIRS:
                 both = [(m[a], m[b]) for k, m in ordered
-                        if k[0] == world and pruner in ("all", k[1].split(" ")[0]) and a in m and b in m]
+                        if k[0] == world and group in ("all", _group_of(k[1], by)) and a in m and b in m]
                 if not both:
                     continue
                 ok = [(x, y) for x, y in both if x["reached"] and y["reached"]]
                 row = {col: "–" for col in PAIRED_COLUMNS}
-                row.update({"world": world, "pruner": pruner, "pair": f"{a} − {b}", "pairs": str(len(ok)),
+                row.update({"world": world, "pruner": group, "pair": f"{a} − {b}", "pairs": str(len(ok)),
                             "not reached": str(len(both) - len(ok))})
                 if ok:
                     for delta_col, wins_col, key in (("Δ log10 FQ", "FQ higher", "forget_quality"),
@@ -231,6 +243,9 @@ def paired_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
                             row[f"{delta_col} 95% CI"] = _fmt_interval(interval)
                             if key == "aggregate":
                                 row["verdict"] = verdict(interval)
+                                base = _mean([y[key] for x, y in ok])
+                                if deltas and base:
+                                    row["relative"] = f"{statistics.fmean(deltas) / base:+.1%}"
                     for col, key in (("steps ratio", "steps"), ("time ratio", "train_seconds"),
                                      ("memory ratio", "peak_memory_bytes")):
                         use = [(x, y) for x, y in ok if key != "peak_memory_bytes" or len(_memory_ok([x, y])) == 2]
@@ -274,8 +289,9 @@ def markdown_table(rows: Sequence[dict[str, str]], columns: Sequence[str]) -> st
 
 
 def render_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any],
-                    sweeps: Sequence[tuple[str, str, str]] = ()) -> str:
-    """The whole Markdown report: scale, SAU-vs-dense comparison, main table, sweep."""
+                    sweeps: Sequence[tuple[str, str, str]] = (), by: str = "pruner") -> str:
+    """The whole Markdown report: scale, SAU-vs-dense comparison, paired differences (per pruner or per
+    pruning setting: ``by``, see :func:`paired_rows`), main table, sweep."""
     parts = ["# Headline benchmark output", ""]
     parts += [f"- command: `{meta.get('command')}`", f"- seeds: {meta.get('seeds')}, device: {meta.get('device')}, "
               f"torch threads: {meta.get('threads')}, parallel processes: {meta.get('jobs')}, "
@@ -294,7 +310,9 @@ def render_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any],
     for w in meta.get("worlds", []):
         parts.append(
             f"- world `{w['world']}`: {w['parameters'] / 1e6:.2f}M parameters, forget {w['forget']} / retain "
-            f"{w['retain']} (utility on {w['retain_eval']}) / holdout {w['holdout']} QA; target forget ROUGE-L "
+            f"{w['retain']} (utility on {w['retain_eval']}) / holdout {w['holdout']} QA"
+            + (f" / prior knowledge {w['prior']} (utility on {w['prior_eval']})" if w.get("prior") else "")
+            + "; target forget ROUGE-L "
             f"<= {w['target_forget_rouge']:.3f}; memorizer ROUGE-L {_fmt_dict(w['memorizer_rouge'])}; retain "
             f"model {_fmt_dict(w['retain_model_rouge'])}"
         )
@@ -307,7 +325,7 @@ def render_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any],
     parts.append(markdown_table(comparison_rows(records), COMPARISON_COLUMNS))
     parts += ["", "## Paired differences at matched forgetting (same setting, method, seed; both runs reached the "
               "target)", ""]
-    parts.append(markdown_table(paired_rows(records), PAIRED_COLUMNS))
+    parts.append(markdown_table(paired_rows(records, by), PAIRED_COLUMNS))
     parts += ["", "## All cells (mean ± std over seeds)", ""]
     parts.append(markdown_table(group_rows(records), TABLE_COLUMNS))
     for sweep in sweeps:

@@ -28,8 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import headline_core as core  # noqa: E402
 
-COLUMNS = ("world", "setting", "model utility", "forget ROUGE-L", "retain ROUGE-L", "Δ utility", "Δ forget ROUGE-L",
-           "Δ retain ROUGE-L")
+COLUMNS = ("world", "setting", "model utility", "forget ROUGE-L", "retain ROUGE-L", "prior ROUGE-L", "Δ utility",
+           "Δ forget ROUGE-L", "Δ retain ROUGE-L", "Δ prior ROUGE-L")
+#: the figures compared before and after pruning (``prior_rouge`` is None in a world without prior knowledge)
+KEYS = ("model_utility", "forget_rouge", "retain_rouge", "prior_rouge")
 
 
 def damage(world: core.World, settings: list[tuple[str, str]], work: Path, device: str) -> list[dict[str, Any]]:
@@ -52,24 +54,27 @@ def damage(world: core.World, settings: list[tuple[str, str]], work: Path, devic
         rows.append(row)
     base = rows[0]
     for row in rows:
-        for key in ("model_utility", "forget_rouge", "retain_rouge"):
-            row[f"delta_{key}"] = row[key] - base[key]
+        for key in KEYS:
+            row[f"delta_{key}"] = None if row.get(key) is None else row[key] - base[key]
     return rows
 
 
 def hurts(rows: list[dict[str, Any]], threshold: float) -> bool:
     """Whether some pruner costs at least ``threshold`` of utility or of a ROUGE-L recall."""
-    return any(-row[f"delta_{key}"] >= threshold for row in rows[1:]
-               for key in ("model_utility", "forget_rouge", "retain_rouge"))
+    return any(row.get(f"delta_{key}") is not None and -row[f"delta_{key}"] >= threshold
+               for row in rows[1:] for key in KEYS)
+
+
+def _cell(value: float | None, signed: bool = False) -> str:
+    return "–" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for r in rows:
-        cells = [r["world"], r["setting"], f"{r['model_utility']:.3f}", f"{r['forget_rouge']:.3f}",
-                 f"{r['retain_rouge']:.3f}"]
-        cells += ["–"] * 3 if r["setting"] == "unpruned" else [
-            f"{r['delta_model_utility']:+.3f}", f"{r['delta_forget_rouge']:+.3f}", f"{r['delta_retain_rouge']:+.3f}"]
+        cells = [r["world"], r["setting"], *(_cell(r.get(k)) for k in KEYS)]
+        cells += ["–"] * len(KEYS) if r["setting"] == "unpruned" else [
+            _cell(r.get(f"delta_{k}"), signed=True) for k in KEYS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -143,7 +143,10 @@ def test_summarize_on_memorizer(memorizer, tokenizer):
 def test_toy_suite_on_memorizer(memorizer, tokenizer):
     sets = _toy_sets()
     ref = evaluate(memorizer, tokenizer, "toy", datasets=sets, max_new_tokens=32)
-    assert [s.name for s in suite_specs("toy")] == list(ref)
+    # without a prior-knowledge set its metrics are the only ones left out
+    assert [s.name for s in suite_specs("toy") if not s.optional] == list(ref)
+    assert {s.name for s in suite_specs("toy") if s.optional} == {
+        "prior_Q_A_Prob", "prior_Q_A_PERT_Prob", "prior_Q_A_Prob_normalised", "prior_Truth_Ratio", "prior_Q_A_ROUGE"}
     assert ref["forget_quality"]["agg_value"] is None  # no retain model given
     assert ref["forget_Q_A_ROUGE"]["agg_value"] == 1.0 and ref["retain_Q_A_ROUGE"]["agg_value"] == 1.0
     assert ref["extraction_strength"]["agg_value"] == 1.0
@@ -160,6 +163,29 @@ def test_toy_suite_on_memorizer(memorizer, tokenizer):
                           "mia_min_k", "privleak"}
     assert again["forget_quality"]["agg_value"] == 1.0
     assert again["privleak"]["agg_value"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_toy_suite_prior_knowledge_enters_model_utility(memorizer, tokenizer, tmp_path):
+    """A world with prior knowledge: its set is scored like TOFU's real authors and model utility is the harmonic
+    mean of six figures, retain's three and prior's three; ``load_suite_data`` finds ``prior.jsonl``."""
+    sets = _toy_sets()
+    sets["prior"] = [dict(r, index=i) for i, r in enumerate(sets["retain"])]  # known facts, in prior's role
+    out = evaluate(memorizer, tokenizer, "toy", datasets=sets, max_new_tokens=32, metrics=["model_utility"])
+    parts = {m: out[m]["agg_value"] for m in ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio",
+                                               "prior_Q_A_Prob_normalised", "prior_Q_A_ROUGE", "prior_Truth_Ratio")}
+    assert set(out["model_utility"]["components"]) == set(parts)
+    assert out["model_utility"]["agg_value"] == pytest.approx(harmonic_mean(list(parts.values())), abs=1e-12)
+    p = out["prior_Q_A_Prob"]["value_by_index"]["0"]["prob"]
+    wrong = out["prior_Q_A_PERT_Prob"]["value_by_index"]["0"]["prob"]
+    assert out["prior_Q_A_Prob_normalised"]["value_by_index"]["0"]["prob"] == pytest.approx(p / (p + sum(wrong)),
+                                                                                             rel=1e-6)
+    assert out["prior_Q_A_ROUGE"]["agg_value"] == 1.0  # memorized answers
+    for name in ("forget", "retain", "holdout", "prior"):
+        with (tmp_path / f"{name}.jsonl").open("w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in sets[name])
+    assert set(load_suite_data("toy", tmp_path)) == {"forget", "retain", "holdout", "prior"}
+    (tmp_path / "prior.jsonl").unlink()
+    assert set(load_suite_data("toy", tmp_path)) == {"forget", "retain", "holdout"}
 
 
 def test_retain_model_reference_and_skipped_metrics(memorizer, tiny_model, tokenizer):

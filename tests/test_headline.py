@@ -56,7 +56,8 @@ def test_table_rows_from_records() -> None:
 def test_quick_run_table_shape(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--methods", "grad_diff", "--modes", "dense,sau",
+        [sys.executable, str(SCRIPT), "--quick", "--model-size", "tiny", "--methods", "grad_diff", "--modes",
+         "dense,sau",
          "--pruners", "sparsegpt", "--structures", "2:4", "--no-sweep", "--max-steps", "10", "--out", str(tmp_path),
          "--threads", "1"],
         capture_output=True, text=True, env=env, timeout=900, cwd=ROOT,
@@ -111,16 +112,31 @@ def test_parallel_parts_and_worker_arguments() -> None:
     cells, modes = headline._plan(args, "toy")
     assert sorted(cells) == ["grad_ascent", "grad_diff", "npo", "simnpo"]
     assert len(cells["npo"]) == 6 and modes == ["dense", "masked", "topk", "sau"]
-    # the default slice: only grad_diff runs on every pruning setting of the toy world
-    default, _ = headline._plan(headline.build_parser().parse_args([]), "toy")
+    # the tiny worlds' default slice: only grad_diff runs on every pruning setting of the toy world
+    default, _ = headline._plan(headline.build_parser().parse_args(["--model-size", "tiny"]), "toy")
     assert [len(default[m]) for m in ("grad_diff", "npo", "simnpo", "grad_ascent")] == [6, 1, 1, 1]
+    # the capacity world (the CPU default): grad_diff on every setting, each matched configuration, the ablations
+    # on SparseGPT 2:4 and the fixed-budget protocol; one part per setting and one for the unpruned runs
+    capacity = headline.build_parser().parse_args(["--model-size", "capacity"])
+    cells, modes = headline._plan(capacity, "toy")
+    assert list(cells) == ["grad_diff"] and len(cells["grad_diff"]) == 6 and modes == headline.MATCHED
+    ablation, budget = headline._extras(capacity, "toy")
+    assert ablation["setting"] == ("sparsegpt", "2:4") and budget["lrs"] == [1e-3, 3e-3]
+    assert headline._extras(headline.build_parser().parse_args(["--model-size", "capacity", "--no-budget",
+                                                                "--no-ablation"]), "toy") == (None, None)
+    parts = headline._parts(capacity, "toy", 4)
+    assert parts[:2] == [("toy", 4, "grad_diff", "unpruned"), ("toy", 4, "grad_diff", "magnitude 50%")]
+    assert len(parts) == 7
+    with pytest.raises(SystemExit, match="no tofu world"):
+        headline._plan(capacity, "tofu")
     argv = ["--full-matrix", "--worlds", "tofu,toy", "--seeds=3", "--jobs", "4", "--fresh", "--lr", "npo=1e-3",
             "--out", "x", "--threads", "2"]
     args = headline.build_parser().parse_args(argv)
     assert (args.worker, args.part_method) == (False, None)
-    part = headline._part_args(args, "toy", 2, "npo", 1, Path("y"))
-    # the part: one world, one seed, one base method, its own threads; the rest as given
+    part = headline._part_args(args, "toy", 2, "npo", "wanda 2:4", 1, Path("y"))
+    # the part: one world, one seed, one base method, one setting, its own threads; the rest as given
     assert (part.worlds, part.first_seed, part.seeds, part.part_method) == ("toy", 2, 3, "npo")
+    assert part.part_setting == "wanda 2:4" and args.part_setting is None
     assert (part.threads, part.jobs, part.worker, part.out) == (1, 1, True, "y")
     assert (part.full_matrix, part.lr, part.fresh) == (True, ["npo=1e-3"], True)
     assert vars(args)["worlds"] == "tofu,toy" and args.out == "x"  # a copy: the parsed arguments are unchanged
@@ -177,8 +193,27 @@ def test_paired_rows_give_intervals_from_three_pairs() -> None:
     row = next(r for r in paired_rows(records) if r["pruner"] == "sparsegpt")
     assert row["pair"] == "sau − naive" and row["pairs"] == "4"
     assert row["Δ aggregate"] == "+0.115" and row["verdict"] == "win"
+    assert row["relative"] == "+23.0%"  # 0.115 over naive's 0.5
+    by_setting = [r["pruner"] for r in paired_rows(records, by="setting")]
+    assert by_setting == ["sparsegpt 2:4", "all"]
     low, high = (float(v) for v in row["Δ aggregate 95% CI"].strip("[]").split(", "))
     assert 0.1 <= low <= 0.115 <= high <= 0.13
+
+
+def test_configurations_are_modifier_fields() -> None:
+    from headline_core import make_spec, variant_fields
+
+    assert variant_fields("sau") == {"mode": "sau", "topk_ratio": 0.3, "alpha": 0.1}
+    assert variant_fields("sau", 0.5, 0.2) == {"mode": "sau", "topk_ratio": 0.5, "alpha": 0.2}  # the sweep's cells
+    assert variant_fields("sau-alpha4") == {"mode": "sau", "topk_ratio": 0.3, "alpha": 4.0}
+    assert variant_fields("contrastive") == {"mode": "topk", "saliency": "contrastive", "topk_ratio": 0.3,
+                                             "alpha": 0.1}
+    assert variant_fields("naive-reprune")["mode"] == "unmasked" and variant_fields("masked")["mode"] == "masked"
+    with pytest.raises(ValueError, match="unknown configuration 'sau-alpha9'"):
+        variant_fields("sau-alpha9")
+    spec = make_spec("toy", "matrix", "wanda 2:4", "grad_diff", "topk-k0.1", 0, 1e-3)
+    assert (spec.mode, spec.topk_ratio, spec.alpha) == ("topk-k0.1", 0.1, 0.1)
+    assert spec.key() == "toy|wanda 2:4|grad_diff|topk-k0.1|0|0.001|0.1|0.1"
 
 
 def test_pareto_front_and_hypervolume_by_hand() -> None:
@@ -244,5 +279,11 @@ def test_pruning_damage_table_and_the_hurts_rule() -> None:
             r[f"delta_{key}"] = r[key] - rows[0][key]
     assert hurts(rows, 0.10) and not hurts(rows, 0.16)  # SparseGPT costs 0.15 of utility
     lines = table(rows).splitlines()
-    assert lines[2] == "| toy | unpruned | 0.850 | 1.000 | 1.000 | – | – | – |"
-    assert lines[4] == "| toy | sparsegpt 2:4 | 0.700 | 0.900 | 0.990 | -0.150 | -0.100 | -0.010 |"
+    assert lines[2] == "| toy | unpruned | 0.850 | 1.000 | 1.000 | – | – | – | – | – |"
+    assert lines[4] == "| toy | sparsegpt 2:4 | 0.700 | 0.900 | 0.990 | – | -0.150 | -0.100 | -0.010 | – |"
+    # a world with prior knowledge: its ROUGE-L counts towards "hurts" too
+    for r, prior in zip(rows, (0.9, 0.85, 0.65), strict=True):
+        r["prior_rouge"], r["delta_prior_rouge"] = prior, prior - 0.9
+    assert hurts(rows, 0.16) and not hurts(rows, 0.26)  # SparseGPT costs 0.25 of prior ROUGE-L
+    assert table(rows).splitlines()[4] == ("| toy | sparsegpt 2:4 | 0.700 | 0.900 | 0.990 | 0.650 | -0.150 | -0.100 | "
+                                           "-0.010 | -0.250 |")

@@ -13,6 +13,7 @@ from sau_compress.data import TOFU_DIR_ENV, tofu_data_dir
 from sau_compress.errors import InputNotFoundError, OutputExistsError, UserError
 from sau_compress.evaluation import evaluate, load_suite_data
 from sau_compress.worlds import (
+    FACTS,
     build_tofu_world,
     make_people,
     make_records,
@@ -121,3 +122,51 @@ def test_weights_checksum_hashes_the_weight_files_and_worlds_carry_it(tmp_path, 
         "retain_model": weights_checksum(toy_world.retain_model_dir),
     }
     assert toy_world.weights_sha256["model"] != toy_world.weights_sha256["retain_model"]
+
+
+def test_prior_knowledge_is_learnt_first_and_rehearsed(tmp_path, own_cache, monkeypatch):
+    """``prior_people``: extra people in their own ``prior`` split, learnt alone first; the memorizer and the
+    retain model each start from a copy of that model and rehearse the prior records with their own sets."""
+    import torch
+
+    from sau_compress.worlds import ToyTrainConfig, build_toy_world, training
+
+    # worlds without prior knowledge keep their keys; the headline's capacity world is pinned
+    assert toy_world_cache_dir(prior_people=0) == toy_world_cache_dir()
+    capacity = ToyTrainConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, epochs=60,
+                              batch_size=32)
+    assert toy_world_cache_dir(240, config=capacity, prior_people=48).name == "people240-seed0-1a56666e6337"
+    assert toy_world_cache_dir(prior_people=5) != toy_world_cache_dir(prior_people=5, prior_epochs=3)
+
+    calls = []
+    real = training.train_memorizer
+
+    def spy(records, tokenizer, config=None, seed=0, desc="", device="cpu", model=None):
+        start = None if model is None else {k: v.clone() for k, v in model.state_dict().items()}
+        out = real(records, tokenizer, config, seed, desc, device, model)
+        calls.append((desc, [r["person"] for r in records], config.epochs, start, model, out))
+        return out
+
+    monkeypatch.setattr(training, "train_memorizer", spy)
+    config = ToyTrainConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, vocab_size=400,
+                            epochs=2, batch_size=16)
+    world = build_toy_world(people=10, prior_people=5, prior_epochs=1, config=config, out=tmp_path / "w")
+    meta = json.loads((world.root / "world.json").read_text())
+    splits = meta["splits"]
+    assert len(splits["prior"]) == 5 and meta["prior_people"] == 5 and meta["prior_epochs"] == 1
+    named = [n for name in ("forget", "retain", "holdout") for n in splits[name]]
+    assert len(named) == 10 and not set(named) & set(splits["prior"])
+    prior_rows = [json.loads(line) for line in (world.data_dir / "prior.jsonl").read_text().splitlines()]
+    assert {r["person"] for r in prior_rows} == set(splits["prior"]) and len(prior_rows) == 5 * len(FACTS)
+    assert set(world.rouge) == {"forget", "retain", "holdout", "prior"} and len(meta["prior_losses"]) == 1
+
+    (stage1, people1, epochs1, start1, _, first), (_, people2, _, start2, m2, _), (_, people3, _, start3, m3, _) = calls
+    assert "prior" in stage1 and set(people1) == set(splits["prior"]) and epochs1 == 1 and start1 is None
+    assert set(people2) == set(splits["forget"]) | set(splits["retain"]) | set(splits["prior"])
+    assert set(people3) == set(splits["retain"]) | set(splits["prior"])
+    # both later stages start from the prior-knowledge model's weights, each on its own copy
+    assert m2 is not first and m3 is not first and m2 is not m3
+    for start in (start2, start3):
+        assert all(torch.equal(start[k], v) for k, v in first.state_dict().items())
+    # the prior people are the last ones drawn
+    assert {p["name"] for p in make_people(15, 0)[10:]} == set(splits["prior"])

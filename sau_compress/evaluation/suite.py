@@ -9,8 +9,11 @@ from, the retain model's metrics it compares against), the Python counterpart of
   local folder (``data_dir``, else ``$SAU_COMPRESS_TOFU_DIR``) or the hub dataset ``locuslab/TOFU``.
 - ``toy``: a toy-world folder with ``forget.jsonl``, ``retain.jsonl``, ``holdout.jsonl`` in TOFU's schema,
   passed as ``data_dir`` (the caller builds the world, e.g. ``sau_compress.worlds.build_toy_world().data_dir``;
-  evaluation never builds one). No real-authors/world-facts sets, so model utility is the harmonic mean over
-  the retain set's probability, ROUGE and truth ratio.
+  evaluation never builds one). No real-authors/world-facts sets; a world built with prior knowledge also has
+  ``prior.jsonl`` (facts learnt before the world's people and never in a forget or retain set), scored like
+  TOFU's real authors (normalised probability, ROUGE, truth ratio against the wrong answers). Model utility is
+  the harmonic mean over the retain set's probability, ROUGE and truth ratio, and the prior set's three
+  figures when there is one.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class MetricSpec:
     :ivar reference: handler keyword -> name of a metric in the retain model's results
     :ivar needs: (set, field) pairs every record must have, else the metric is skipped
     :ivar partial: run with the ``pre_compute`` results that exist (model utility over the sets available)
+    :ivar optional: a metric of a set that only some data has (the toy world's prior knowledge): skipped
+        without a warning when its set is absent
     """
 
     name: str
@@ -70,6 +75,7 @@ class MetricSpec:
     reference: Mapping[str, str] = field(default_factory=dict)
     needs: tuple[tuple[str, str], ...] = ()
     partial: bool = False
+    optional: bool = False
 
 
 def _qa_block(prefix: str, data: str, forget: bool) -> list[MetricSpec]:
@@ -87,17 +93,17 @@ def _qa_block(prefix: str, data: str, forget: bool) -> list[MetricSpec]:
     ]
 
 
-def _options_block(prefix: str, data: str) -> list[MetricSpec]:
+def _options_block(prefix: str, data: str, optional: bool = False) -> list[MetricSpec]:
     """Real authors / world facts: answer vs perturbed options (no paraphrase), open-unlearning style."""
+    options = {"correct": f"{prefix}_Q_A_Prob", "wrong": f"{prefix}_Q_A_PERT_Prob"}
     return [
-        MetricSpec(f"{prefix}_Q_A_Prob", "probability", {"data": data}, needs=((data, "answer"),)),
+        MetricSpec(f"{prefix}_Q_A_Prob", "probability", {"data": data}, needs=((data, "answer"),), optional=optional),
         MetricSpec(f"{prefix}_Q_A_PERT_Prob", "probability", {"data": data, "answer_key": "perturbed_answer"},
-                   needs=((data, "perturbed_answer"),)),
-        MetricSpec(f"{prefix}_Q_A_Prob_normalised", "probability_w_options",
-                   pre_compute={"correct": f"{prefix}_Q_A_Prob", "wrong": f"{prefix}_Q_A_PERT_Prob"}),
-        MetricSpec(f"{prefix}_Truth_Ratio", "truth_ratio", {"aggregator": "true_better"},
-                   pre_compute={"correct": f"{prefix}_Q_A_Prob", "wrong": f"{prefix}_Q_A_PERT_Prob"}),
-        MetricSpec(f"{prefix}_Q_A_ROUGE", "rouge", {"data": data}, needs=((data, "answer"),)),
+                   needs=((data, "perturbed_answer"),), optional=optional),
+        MetricSpec(f"{prefix}_Q_A_Prob_normalised", "probability_w_options", pre_compute=options, optional=optional),
+        MetricSpec(f"{prefix}_Truth_Ratio", "truth_ratio", {"aggregator": "true_better"}, pre_compute=options,
+                   optional=optional),
+        MetricSpec(f"{prefix}_Q_A_ROUGE", "rouge", {"data": data}, needs=((data, "answer"),), optional=optional),
     ]
 
 
@@ -128,11 +134,12 @@ def suite_specs(suite: str = "toy", text_set: bool = False) -> list[MetricSpec]:
     specs += _qa_block("retain", "retain", forget=False)
     utility = {"retain_Q_A_Prob": "retain_Q_A_Prob", "retain_Q_A_ROUGE": "retain_Q_A_ROUGE",
                "retain_Truth_Ratio": "retain_Truth_Ratio"}
-    if suite == "tofu":
-        for prefix, data in (("ra", "real_authors"), ("wf", "world_facts")):
-            specs += _options_block(prefix, data)
-            for part in ("Q_A_Prob_normalised", "Q_A_ROUGE", "Truth_Ratio"):
-                utility[f"{prefix}_{part}"] = f"{prefix}_{part}"
+    blocks = [("ra", "real_authors", False), ("wf", "world_facts", False)] if suite == "tofu" else [
+        ("prior", "prior", True)]
+    for prefix, data, optional in blocks:
+        specs += _options_block(prefix, data, optional)
+        for part in ("Q_A_Prob_normalised", "Q_A_ROUGE", "Truth_Ratio"):
+            utility[f"{prefix}_{part}"] = f"{prefix}_{part}"
     specs.append(MetricSpec("model_utility", "hm_aggregate", pre_compute=utility, partial=True))
     specs.append(MetricSpec("retain_perplexity", "perplexity", {"data": "retain"}, needs=(("retain", "answer"),)))
     if text_set:
@@ -185,12 +192,12 @@ def run_specs(
     for spec in specs:
         missing = _missing_field(ctx.datasets, spec.needs)
         if missing:
-            logger.warning(f"skipping {spec.name}: {missing}")
+            (logger.debug if spec.optional else logger.warning)(f"skipping {spec.name}: {missing}")
             continue
         pre = {arg: results[name] for arg, name in spec.pre_compute.items() if name in results}
         if len(pre) < len(spec.pre_compute) and not (spec.partial and pre):
             absent = sorted(set(spec.pre_compute.values()) - set(results))
-            logger.warning(f"skipping {spec.name}: needs {absent}")
+            (logger.debug if spec.optional else logger.warning)(f"skipping {spec.name}: needs {absent}")
             continue
         ref = {arg: (reference or {}).get(name) for arg, name in spec.reference.items()}
         start = time.perf_counter()
@@ -287,6 +294,8 @@ def load_suite_data(
     else:
         files = {"forget": "forget", "retain": "retain", "holdout": "holdout"}
         folder = data_dir
+        if folder is not None and _find_file(Path(folder).expanduser(), "prior") is not None:
+            files["prior"] = "prior"  # a world built with prior knowledge
         missing = [name for name, path in overrides.items() if path is None]
         if folder is None and missing:
             raise UserError(

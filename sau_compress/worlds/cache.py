@@ -131,28 +131,33 @@ class WorldCacheSpec:
     size_field: str
     size_label: str
 
-    def key(self, size: int, seed: int, config: Any, device: str = "cpu") -> str:
+    def key(self, size: int, seed: int, config: Any, device: str = "cpu",
+            extra: Mapping[str, Any] | None = None) -> str:
         """The cache key of the world with these parameters: a short hash of what determines its content.
 
         :param size: number of people (or retain authors)
         :param seed: the world's seed
         :param config: the training config (a dataclass, hashed under ``train``)
         :param device: the training device (see :func:`device_tag`)
+        :param extra: further parameters of the content (e.g. prior knowledge); left out of the hash when empty,
+            so the keys of worlds without them do not change
         :return: 12 hex digits
         """
         fields = {"version": self.version, self.size_field: size, "seed": seed, "train": asdict(config),
-                  **device_tag(device)}
+                  **device_tag(device), **(dict(extra) if extra else {})}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     def location(
-        self, size: int, seed: int, config: Any, device: str = "cpu", out: str | os.PathLike[str] | None = None
+        self, size: int, seed: int, config: Any, device: str = "cpu", out: str | os.PathLike[str] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> tuple[str, Path]:
         """The key of the world with these parameters and its folder: ``out`` when given, else its cache folder.
 
         :param out: a folder the user chose instead of the cache
+        :param extra: see :meth:`key`
         :return: ``(key, folder)`` (the folder absolute)
         """
-        key = self.key(size, seed, config, device)
+        key = self.key(size, seed, config, device, extra)
         if out is not None:
             return key, Path(out).expanduser().absolute()
         return key, cache_dir() / self.folder / f"{self.size_label}{size}-seed{seed}-{key}"

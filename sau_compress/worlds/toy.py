@@ -5,6 +5,11 @@ forget (10%), retain (80%) and holdout (10%, never trained) (:mod:`sau_compress.
 tokenizer, the *memorizer* and the *retain model* are trained on them (:mod:`sau_compress.worlds.training`).
 The result is cached in the user's cache folder under a key of the world's parameters
 (:mod:`sau_compress.worlds.cache`), so the second call is instant.
+
+A world can also hold *prior knowledge* (``prior_people``): further people whose facts both models learn
+first, on their own, and keep rehearsing while they learn the world's people; they are in no split that
+unlearning touches, so they stand for what a pretrained model knew before its fine-tune (TOFU's real authors
+and world facts) and let model utility measure damage that the retain loss does not guard.
 """
 
 from __future__ import annotations
@@ -25,10 +30,15 @@ TOY_VERSION = 2
 TOY_WORLDS = WorldCacheSpec(folder="toy", version=TOY_VERSION, size_field="people", size_label="people")
 
 
+def _prior_key(prior_people: int, prior_epochs: int) -> dict[str, int] | None:
+    return {"prior_people": prior_people, "prior_epochs": prior_epochs} if prior_people else None
+
+
 def toy_world_cache_dir(people: int = 40, seed: int = 0, config: ToyTrainConfig | None = None,
-                        device: str = "cpu") -> Path:
+                        device: str = "cpu", prior_people: int = 0, prior_epochs: int = 20) -> Path:
     """Cache folder of the toy world that :func:`build_toy_world` builds with these parameters."""
-    return TOY_WORLDS.location(people, seed, config or ToyTrainConfig(), device)[1]
+    return TOY_WORLDS.location(people, seed, config or ToyTrainConfig(), device,
+                               extra=_prior_key(prior_people, prior_epochs))[1]
 
 
 def build_toy_world(
@@ -38,6 +48,8 @@ def build_toy_world(
     force: bool = False,
     config: ToyTrainConfig | None = None,
     device: str = "cpu",
+    prior_people: int = 0,
+    prior_epochs: int = 20,
 ) -> ToyWorld:
     """Build (or reuse) the toy world: data splits, tokenizer, memorizer and retain model.
 
@@ -50,25 +62,36 @@ def build_toy_world(
     :param force: rebuild even when a matching world exists
     :param config: model and training hyperparameters
     :param device: where the models are trained; a world trained off the CPU is cached under another key
+    :param prior_people: people of the prior knowledge (``data/prior.jsonl``; 0: none, the default world)
+    :param prior_epochs: epochs of the first stage, on the prior knowledge alone
     :return: paths and memorization figures (greedy-answer ROUGE-L recall per split)
-    :raises UserError: fewer than ``MIN_PEOPLE`` people
+    :raises UserError: fewer than ``MIN_PEOPLE`` people, or a negative ``prior_people``
     :raises OutputExistsError: ``out`` holds something other than a world
     """
     config = config or ToyTrainConfig()
     start = time.perf_counter()
     if people < MIN_PEOPLE:
         raise UserError(f"--people must be at least {MIN_PEOPLE} (one person per split), got {people}")
-    key, root = TOY_WORLDS.location(people, seed, config, device, out)
+    if prior_people < 0:
+        raise UserError(f"prior_people must be 0 or more, got {prior_people}")
+    key, root = TOY_WORLDS.location(people, seed, config, device, out, extra=_prior_key(prior_people, prior_epochs))
     cached = reuse_world(root, key, force, start, "toy", "--out ")
     if cached is not None:
         return cached
 
-    world_people = make_people(people, seed)
-    records = make_records(world_people, seed)
+    # the prior people are drawn with the world's people (distinct names) and split off before the split by person
+    everyone = make_people(people + prior_people, seed)
+    world_people, prior = everyone[:people], everyone[people:]
+    records = make_records(everyone, seed)
     split = split_people(world_people, seed)
+    if prior:
+        split["prior"] = sorted(p["name"] for p in prior)
     splits = {name: [r for r in records if r["person"] in set(names)] for name, names in split.items()}
     for rows in splits.values():
         for i, row in enumerate(rows):
             row["index"] = i
     meta = {"version": TOY_VERSION, "splits": split}
-    return train_world(root, key, splits, qa_corpus(records), config, seed, people, meta, start, device=device)
+    if prior:
+        meta.update(prior_people=prior_people, prior_epochs=prior_epochs)
+    return train_world(root, key, splits, qa_corpus(records), config, seed, people, meta, start, device=device,
+                       prior_epochs=prior_epochs)

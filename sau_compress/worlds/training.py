@@ -7,9 +7,10 @@ greedy-answer ROUGE-L recall per split, and writes the world folder (:func:`sau_
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,10 @@ def train_memorizer(
     seed: int = 0,
     desc: str = "memorizer",
     device: str = "cpu",
+    model: Any = None,
 ):  # noqa: ANN201 - returns a LlamaForCausalLM
-    """Train a tiny Llama from scratch on ``records`` (answer tokens only) until it has memorized them.
+    """Train a tiny Llama from scratch (or further: ``model``) on ``records`` (answer tokens only) until it has
+    memorized them.
 
     :param records: QA records with ``question`` and ``answer``
     :param tokenizer: the world's tokenizer
@@ -79,6 +82,8 @@ def train_memorizer(
     :param seed: seed for initialisation and data order
     :param desc: progress-bar label
     :param device: where to train (``cpu``, ``cuda``); the model is returned on the CPU
+    :param model: a model of this config to train further (in place; a fresh optimizer and schedule); default:
+        a new one initialised from ``seed``
     :return: the trained model in eval mode, with ``losses`` (per epoch mean) attached as ``model.train_losses``
     :raises UserError: no records
     """
@@ -86,7 +91,7 @@ def train_memorizer(
         raise UserError("cannot train a memorizer on an empty record set")
     config = config or ToyTrainConfig()
     items = tokenize_records(tokenizer, records, max_length=config.max_length)
-    model = _llama(config, len(tokenizer), tokenizer, seed).to(device)
+    model = (model if model is not None else _llama(config, len(tokenizer), tokenizer, seed)).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                             betas=(0.9, 0.98))
@@ -159,8 +164,13 @@ def train_world(
     desc: str = "",
     max_new_tokens: int = 48,
     device: str = "cpu",
+    prior_epochs: int = 20,
 ) -> ToyWorld:
     """Train a world's tokenizer, memorizer (forget+retain) and retain model, score them, save atomically.
+
+    With a ``prior`` split (prior knowledge), training has two stages: one model learns the prior records alone
+    for ``prior_epochs``; the memorizer and the retain model both start from a copy of it and learn their sets
+    with the prior records rehearsed alongside.
 
     :param root: folder to write (replaced atomically)
     :param key: cache key stored in ``world.json`` (:func:`~sau_compress.worlds.cache.load_cached_world` checks it)
@@ -174,6 +184,7 @@ def train_world(
     :param desc: label prefix for progress bars and logs
     :param max_new_tokens: longest generated answer when scoring ROUGE-L
     :param device: where the models are trained (``world.json`` records it)
+    :param prior_epochs: epochs of the first stage (used only with a ``prior`` split)
     :return: the world, with its figures
     """
     label = f"{desc} " if desc else ""
@@ -181,9 +192,15 @@ def train_world(
     tokenizer = train_bpe_tokenizer(corpus, vocab_size=config.vocab_size)
     sizes = {k: len(v) for k, v in splits.items()}
     logger.info(f"{label}world: {people} people, {sizes} QA records, tokenizer of {len(tokenizer)} tokens")
-    memorizer = train_memorizer(splits["forget"] + splits["retain"], tokenizer, config, seed, f"{label}memorizer",
-                                device)
-    retain_model = train_memorizer(splits["retain"], tokenizer, config, seed, f"{label}retain model", device)
+    prior = list(splits.get("prior", []))
+    start_model = None
+    if prior:
+        start_model = train_memorizer(prior, tokenizer, replace(config, epochs=prior_epochs), seed,
+                                      f"{label}prior knowledge", device)
+    memorizer = train_memorizer(splits["forget"] + splits["retain"] + prior, tokenizer, config, seed,
+                                f"{label}memorizer", device, copy.deepcopy(start_model))
+    retain_model = train_memorizer(splits["retain"] + prior, tokenizer, config, seed, f"{label}retain model",
+                                   device, copy.deepcopy(start_model))
     rouge = rouge_by_split(memorizer.to(device), tokenizer, splits, max_new_tokens)
     retain_rouge = rouge_by_split(retain_model.to(device), tokenizer, splits, max_new_tokens)
     memorizer.cpu()
@@ -204,6 +221,7 @@ def train_world(
         "build_seconds": build_seconds,
         "memorizer_losses": memorizer.train_losses,
         "retain_model_losses": retain_model.train_losses,
+        **({"prior_losses": start_model.train_losses} if start_model is not None else {}),
     }
     write_world(root, tokenizer, memorizer, retain_model, splits, record)
     logger.info(
