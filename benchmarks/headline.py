@@ -1,41 +1,47 @@
-"""The headline benchmark: SAU against standard unlearning on pruned models, at matched forgetting.
+"""The headline benchmark: SAU against standard unlearning on pruned models, at matched forgetting and on a
+fixed budget.
 
-One command reproduces the table in ``docs/results.md``::
+One command reproduces each table in ``docs/results.md``::
 
-    python benchmarks/headline.py                 # the default slice (CPU, about 45 minutes on 2 cores)
-    python benchmarks/headline.py --quick         # a small subset (about 3 minutes), for smoke tests
+    python benchmarks/headline.py                 # the default: the capacity world (CPU; time in docs/results.md)
+    python benchmarks/headline.py --quick         # a small subset (under 3 minutes), for smoke tests
+    python benchmarks/headline.py --model-size tiny   # the earlier tiny tofu/toy worlds (FULL_PROFILE)
     python benchmarks/headline.py --full-matrix --device cuda   # every cell, on a GPU
 
-What runs, for each world (``tofu``: a tiny Llama memorizer of a TOFU subset, ``toy``: the synthetic world);
-which cells the default command runs per world is :data:`FULL_PROFILE` (the whole product is too slow for a
-2-core CPU):
+The default on the CPU (:data:`CAPACITY_PROFILE`) is the ``capacity`` toy world: 0.21M parameters for 240 people
+and 48 people of prior knowledge (learnt first, rehearsed, in no split that unlearning touches; model utility
+includes them), a world where every pruner costs 0.10 to 0.27 of utility. It runs, with 5 seeds:
 
-- the memorizer is pruned once per (pruner, structure) with llmcompressor's ``oneshot`` (``run_oneshot``):
+- the memorizer pruned once per (pruner, structure) with llmcompressor's ``oneshot`` (``run_oneshot``):
   {magnitude, Wanda, SparseGPT} x {50% unstructured, 2:4}, calibrated on retain records; folders cached;
-- every (pruned model, base method, mode, seed) cell unlearns from a fresh load of the pruned folder through
-  ``SparsityAwareUnlearningModifier`` in ``oneshot`` (the recipe stage ``sau-compress run`` applies),
-  base methods {grad_diff, npo, simnpo, grad_ascent}, modes {dense, masked, topk, sau}, one learning rate
-  per method shared by all modes (the "grid" is that one point per method; see ``--lr``);
-- **matched forgetting**: every ``--check-every`` steps the forget questions are answered greedily; the run
-  stops as soon as forget ROUGE-L recall <= the memorizer's ROUGE-L recall on holdout people/authors it never
-  saw (the target), or at ``--max-steps`` (then the cell is reported as not reached). Utility, forget quality
-  and the aggregate are measured at that point, with the steps it took. A fixed step budget would favour
-  modes that move fewer weights (they forget less and keep more); matching the forgetting removes that;
-- the unpruned memorizer with the same methods (mode dense), and *unlearn then sparsify*: each unpruned
-  unlearned model pruned with every (pruner, structure), no further training;
-- a topk_ratio {0.1, 0.3, 0.5} x alpha {0.05, 0.1, 0.2} sweep of SAU on one setting;
-- seeds (the data order) 0..N-1; runs are appended to ``headline_runs.jsonl`` as they finish and a rerun
-  skips runs already there (``--fresh`` starts over).
+- **matched forgetting**: grad_diff on every pruned model with each configuration of :data:`MATCHED`
+  (``dense``, ``naive``, ``naive-reprune``, ``topk``, ``sau`` at alpha 0.1, 1 and 4, ``contrastive``; see
+  ``headline_core.VARIANTS``), each from a fresh load of the pruned folder through
+  ``SparsityAwareUnlearningModifier`` in ``oneshot`` (the recipe stage ``sau-compress run`` applies). Every
+  ``--check-every`` steps the forget questions are answered greedily; the run stops as soon as forget ROUGE-L
+  recall <= the memorizer's ROUGE-L recall on holdout people it never saw (the target), or at ``--max-steps``
+  (then the cell is reported as not reached). Utility, forget quality and the aggregate are measured there;
+- the ablations on SparseGPT 2:4: topk_ratio 0.1 and 0.5, saliency refreshed every 10 steps, contrastive SAU;
+- the unpruned memorizer (mode dense) and *unlearn then sparsify* (each unpruned unlearned model pruned);
+- **fixed budget**: each configuration of the profile's ``budget`` at every learning rate of its grid for a
+  fixed number of steps with clipping at 1.0, evaluated every few steps; all points of one (setting,
+  configuration, seed) form its Pareto front of (forget-quality score, utility), compared by hypervolume
+  (``budget_sweep.py``); written to ``budget_runs.jsonl``.
+
+The tiny worlds (``--model-size tiny``; ``tofu``: a tiny Llama memorizer of a TOFU subset, ``toy``: the
+synthetic world) run :data:`FULL_PROFILE` instead: base methods {grad_diff, npo, simnpo, grad_ascent} x modes
+{dense, masked, topk, sau} on a slice of the settings, and a topk_ratio x alpha sweep. Seeds are the data order;
+runs are appended to ``headline_runs.jsonl`` as they finish and a rerun skips runs already there (``--fresh``
+starts over).
 
 Per run: forget quality (KS p-value of forget truth ratios against the retain model), model utility
-(harmonic mean of retain probability, ROUGE-L and truth ratio), forget ROUGE-L recall, the aggregate
-(:func:`headline_core.aggregate_score`), steps to target, training wall time (forgetting checks excluded),
-peak memory (CUDA: max allocated; CPU: model bytes + measured rise of resident memory; runs recorded before
-2026-11-29 carry the old CPU figure, the training state the loop held).
+(harmonic mean of retain, and prior-knowledge, probability, ROUGE-L and truth ratio), forget ROUGE-L recall,
+the aggregate (:func:`headline_core.aggregate_score`), steps to target, training wall time (forgetting checks
+excluded), peak memory (CUDA: max allocated; CPU: model bytes + measured rise of resident memory).
 
-Outputs in ``--out`` (default ``docs/results/headline``; ``docs/results/headline_<size>`` for a non-tiny
-``--model-size``): ``headline_runs.jsonl``, ``headline_meta.json``,
-``headline_table.md``, ``plots/headline_<world>.png``, ``plots/headline_sweep_<world>.png``.
+Outputs in ``--out`` (default ``docs/results/headline`` for the tiny worlds, ``docs/results/headline_<size>``
+otherwise): ``headline_runs.jsonl``, ``budget_runs.jsonl``, ``headline_meta.json``, ``headline_table.md``,
+``plots/headline_<world>.png``, ``plots/headline_sweep_<world>.png``.
 """
 
 from __future__ import annotations
@@ -175,7 +181,7 @@ CAPACITY_PROFILE: dict[str, dict[str, Any]] = {
 }
 CAPACITY_QUICK: dict[str, dict[str, Any]] = {
     "toy": {"modes": ["dense", "naive", "topk", "sau"],
-            "cells": {"grad_diff": [("sparsegpt", "2:4"), ("magnitude", "50%")]},
+            "cells": {"grad_diff": [("sparsegpt", "2:4"), ("magnitude", "2:4")]},
             "ablation": None,
             "budget": {"variants": ["dense", "sau"], "lrs": [1e-3], "steps": 20, "every": 10}},
 }
@@ -316,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "headline_meta.json").write_text(json.dumps(meta, indent=2))
     sweeps = [(label, *SWEEP_SETTING[w]) for w, label in zip(worlds, labels, strict=True) if _sweeps(args, w)]
     budget_records = _read_records(out / "budget_runs.jsonl")
-    text = report.render_markdown(records, meta, sweeps, by="setting" if size == "capacity" else "pruner")
+    text = report.render_markdown(records, meta, sweeps, by="setting" if size == "capacity" else "pruner",
+                                  budget_records=budget_records)
     if budget_records:
         from budget_sweep import report as budget_report
 

@@ -9,7 +9,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PAIRED_COLUMNS", "TABLE_COLUMNS", "comparison_rows", "group_rows", "hypervolume", "paired_interval",
+__all__ = ["PAIRED_COLUMNS", "TABLE_COLUMNS", "budget_effects", "comparison_rows", "decision_rows", "group_rows",
+           "hypervolume", "matched_effects", "paired_interval",
            "paired_rows", "pareto_front", "plot_sweep", "plot_tradeoffs", "render_markdown", "verdict"]
 
 #: columns of the main table (one row per world, setting, method and mode; mean ± std over seeds)
@@ -49,6 +50,15 @@ def _groups(records: Sequence[dict[str, Any]], kinds: Sequence[str]) -> dict[tup
     return groups
 
 
+def _reached(r: dict[str, Any]) -> bool:
+    """Whether a run reached the forgetting target. A ``naive-reprune`` run's checks saw its model before the
+    pruner ran again, so it counts only when the re-pruned model is at or below the target too (runs recorded
+    before the record said so are judged here)."""
+    if r["mode"] == "naive-reprune" and r.get("forget_rouge") is not None and r.get("target") is not None:
+        return bool(r["reached"]) and r["forget_rouge"] <= r["target"]
+    return bool(r["reached"])
+
+
 def _memory_ok(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Runs whose peak memory is valid: ``peak_memory_undercounted`` marks CPU ``dense`` runs recorded before
     ``unlearn`` counted torch AdamW's lazily created state (their other figures are unaffected)."""
@@ -72,7 +82,7 @@ def group_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
             "method": method,
             "mode": mode,
             "runs": str(len(runs)),
-            "reached": f"{sum(r['reached'] for r in runs)}/{len(runs)}",
+            "reached": f"{sum(_reached(r) for r in runs)}/{len(runs)}",
             "steps": _mean_std([r["steps"] for r in runs], 1),
             "forget ROUGE-L": _mean_std([r["forget_rouge"] for r in runs]),
             "log10 FQ": _mean_std([_log_fq(r["forget_quality"]) for r in runs], 2),
@@ -225,7 +235,7 @@ def paired_rows(records: Sequence[dict[str, Any]], by: str = "pruner") -> list[d
                         if k[0] == world and group in ("all", _group_of(k[1], by)) and a in m and b in m]
                 if not both:
                     continue
-                ok = [(x, y) for x, y in both if x["reached"] and y["reached"]]
+                ok = [(x, y) for x, y in both if _reached(x) and _reached(y)]
                 row = {col: "–" for col in PAIRED_COLUMNS}
                 row.update({"world": world, "pruner": group, "pair": f"{a} − {b}", "pairs": str(len(ok)),
                             "not reached": str(len(both) - len(ok))})
@@ -253,6 +263,102 @@ def paired_rows(records: Sequence[dict[str, Any]], by: str = "pruner") -> list[d
                         row[col] = f"{sum(x[key] or 0 for x, _ in use) / den:.2f}" if den else "–"
                 rows.append(row)
     return rows
+
+
+#: the goal of a configuration against a baseline: at least this relative gain on the aggregate (matched
+#: forgetting) or on the hypervolume (fixed budget), with a 95% interval above 0, on every pruning setting
+GOAL = 0.15
+
+
+def _relative(deltas: Sequence[float], base: float | None) -> tuple[float, tuple[float, float] | None] | None:
+    if not deltas or not base:
+        return None
+    interval = paired_interval(deltas)
+    scaled = None if interval is None else (interval[0] / base, interval[1] / base)
+    return statistics.fmean(deltas) / base, scaled
+
+
+def matched_effects(records: Sequence[dict[str, Any]], a: str, b: str,
+                    by: str = "setting") -> dict[tuple[str, str], tuple[float, tuple[float, float] | None] | None]:
+    """{(world, group): (relative gain, its 95% interval)} of configuration ``a`` over ``b`` on the aggregate at
+    matched forgetting: the mean paired difference (pairs as in :func:`paired_rows`) over b's mean, and the
+    bootstrap interval of the difference over the same mean; ``None`` without pairs."""
+    runs: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in records:
+        if r["kind"] == "matrix" and r["setting"] != "unpruned":
+            runs[(r["world"], _group_of(r["setting"], by), r["setting"], r["method"], r["seed"],
+                  r["learning_rate"])][r["mode"]] = r
+    pairs: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for key, by_mode in sorted(runs.items(), key=lambda kv: str(kv[0])):
+        if a in by_mode and b in by_mode:
+            x, y = by_mode[a], by_mode[b]
+            ok = pairs.setdefault((key[0], key[1]), [])  # a group whose pairs all missed the target shows as None
+            if _reached(x) and _reached(y) and x["aggregate"] is not None and y["aggregate"] is not None:
+                ok.append((x, y))
+    return {group: _relative([x["aggregate"] - y["aggregate"] for x, y in ok], _mean([y["aggregate"] for _, y in ok]))
+            for group, ok in pairs.items()}
+
+
+def budget_effects(budget_records: Sequence[dict[str, Any]], a: str,
+                   b: str) -> dict[tuple[str, str], tuple[float, tuple[float, float] | None] | None]:
+    """{(world, setting): (relative gain, its 95% interval)} of configuration ``a`` over ``b`` on the Pareto
+    hypervolume of the fixed-budget protocol, paired by seed (``budget_sweep.hypervolumes``)."""
+    from budget_sweep import hypervolumes
+
+    by_world: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in budget_records:
+        by_world[r["world"]].append(r)
+    out = {}
+    for world, recs in by_world.items():
+        hv = hypervolumes(recs)
+        for setting in sorted({k[0] for k in hv}):
+            seeds = sorted({k[3] for k in hv if k[0] == setting and k[2] == a}
+                           & {k[3] for k in hv if k[0] == setting and k[2] == b})
+            method = next((k[1] for k in hv if k[0] == setting), None)
+            if not seeds or method is None:
+                continue
+            deltas = [hv[(setting, method, a, s)] - hv[(setting, method, b, s)] for s in seeds]
+            out[(world, setting)] = _relative(deltas, _mean([hv[(setting, method, b, s)] for s in seeds]))
+    return out
+
+
+def _effect_cell(effect: tuple[float, tuple[float, float] | None] | None) -> str:
+    if effect is None:
+        return "–"
+    rel, interval = effect
+    if interval is None:
+        return f"{rel:+.1%}"
+    return f"{rel:+.1%} [{interval[0]:+.1%}, {interval[1]:+.1%}] {verdict(interval)}"
+
+
+def _goal_met(effects: Sequence[tuple[float, tuple[float, float] | None] | None], goal: float) -> bool:
+    return bool(effects) and all(e is not None and e[1] is not None and e[0] >= goal and e[1][0] > 0
+                                 for e in effects)
+
+
+def decision_rows(records: Sequence[dict[str, Any]], budget_records: Sequence[dict[str, Any]] = (),
+                  baselines: Sequence[str] = ("dense", "naive"), goal: float = GOAL) -> list[dict[str, str]]:
+    """The decision table: for every configuration against each baseline, the relative gain with its 95%
+    interval and verdict per pruning setting, at matched forgetting (aggregate) and on the fixed budget
+    (hypervolume), and whether the goal holds: at least ``goal`` with an interval above 0 on every setting."""
+    configs = [m for m in (*CANDIDATES, "dense", "naive") if any(r["mode"] == m for r in records)
+               or any(r.get("variant") == m for r in budget_records)]
+    rows = []
+    for base in baselines:
+        for config in configs:
+            if config == base:
+                continue
+            for protocol, effects in (("matched (aggregate)", matched_effects(records, config, base)),
+                                      ("budget (hypervolume)", budget_effects(budget_records, config, base))):
+                if not effects:
+                    continue
+                row = {"configuration": f"{config} vs {base}", "protocol": protocol}
+                for (world, group), effect in sorted(effects.items()):
+                    row[f"{world}: {group}"] = _effect_cell(effect)
+                row[f"≥{goal:.0%} everywhere"] = "yes" if _goal_met(list(effects.values()), goal) else "no"
+                rows.append(row)
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    return [{c: row.get(c, "–") for c in columns} for row in rows]
 
 
 SWEEP_COLUMNS = ("world", "setting", "method", "topk_ratio", "alpha", "runs", "reached", "steps", "log10 FQ",
@@ -289,7 +395,8 @@ def markdown_table(rows: Sequence[dict[str, str]], columns: Sequence[str]) -> st
 
 
 def render_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any],
-                    sweeps: Sequence[tuple[str, str, str]] = (), by: str = "pruner") -> str:
+                    sweeps: Sequence[tuple[str, str, str]] = (), by: str = "pruner",
+                    budget_records: Sequence[dict[str, Any]] = ()) -> str:
     """The whole Markdown report: scale, SAU-vs-dense comparison, paired differences (per pruner or per
     pruning setting: ``by``, see :func:`paired_rows`), main table, sweep."""
     parts = ["# Headline benchmark output", ""]
@@ -326,6 +433,12 @@ def render_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any],
     parts += ["", "## Paired differences at matched forgetting (same setting, method, seed; both runs reached the "
               "target)", ""]
     parts.append(markdown_table(paired_rows(records, by), PAIRED_COLUMNS))
+    decisions = decision_rows(records, budget_records) if by == "setting" else []
+    if decisions:
+        columns = list(dict.fromkeys(c for row in decisions for c in row))
+        parts += ["", f"## Decision: relative gain over each baseline per pruning setting (95% bootstrap interval; "
+                  f"goal ≥{GOAL:.0%} with the interval above 0 on every setting)", ""]
+        parts.append(markdown_table(decisions, columns))
     parts += ["", "## All cells (mean ± std over seeds)", ""]
     parts.append(markdown_table(group_rows(records), TABLE_COLUMNS))
     for sweep in sweeps:

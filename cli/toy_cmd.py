@@ -36,13 +36,15 @@ def build(
     seed: int = typer.Option(0, "--seed", help="Seed of the world, the splits and the training."),
     out: Path | None = typer.Option(None, "--out", help="Folder to build into (default: the user cache)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if a matching world exists."),
+    prior_people: int = typer.Option(0, "--prior-people", help="People of prior knowledge: learnt first, then "
+                                     "rehearsed, in no forget/retain split; scored in model utility (default 0)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Build (or reuse) the toy world and print where it is and how well the memorizer remembers."""
     from sau_compress.pipeline import build_world
 
     with user_errors():
-        result = build_world(people=people, seed=seed, out=out, force=force)
+        result = build_world(people=people, seed=seed, out=out, force=force, prior_people=prior_people)
     emit(result, as_json, _render)
 
 

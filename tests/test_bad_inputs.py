@@ -113,6 +113,7 @@ CASES = [
     # outputs
     ("toy-build-out-is-a-file", ["toy", "build", "--out", "afile"], "afile"),
     ("toy-build-too-few-people", ["toy", "build", "--people", "3", "--out", "world"], "--people"),
+    ("toy-build-negative-prior", ["toy", "build", "--prior-people", "-1", "--out", "world"], "--prior-people"),
     ("export-output-parent-is-a-file", ["export", "tiny", "--format", "dense", "-o", "afile/sub"], "afile' is a file"),
     ("run-output-exists", [*RUN[:2], "-o", "exists", *RUN[4:]], "exists"),
     ("export-output-exists", [*EXPORT[:4], "-o", "exists"], "exists"),

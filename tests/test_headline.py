@@ -168,6 +168,23 @@ def test_paired_rows_keep_only_pairs_that_both_reached_the_target() -> None:
     assert row["memory ratio"] == "1.00"
 
 
+def test_a_reprune_run_counts_as_reached_only_after_the_pruner_ran_again() -> None:
+    from headline_report import group_rows, paired_rows
+
+    def rec(mode: str, seed: int, forget_rouge: float) -> dict:
+        return {"world": "toy", "kind": "matrix", "setting": "magnitude 50%", "method": "grad_diff", "mode": mode,
+                "seed": seed, "learning_rate": 1e-3, "reached": True, "steps": 30, "forget_quality": 0.1,
+                "forget_rouge": forget_rouge, "target": 0.5, "model_utility": 0.6, "aggregate": 0.6,
+                "train_seconds": 1.0, "seconds_per_step": 0.1, "peak_memory_bytes": 100}
+
+    # the checks stopped both reprune runs at the target; re-pruning brought seed 1's answers back (0.61)
+    records = [rec("dense", 0, 0.49), rec("dense", 1, 0.48), rec("naive-reprune", 0, 0.45),
+               rec("naive-reprune", 1, 0.61)]
+    row = next(r for r in paired_rows(records) if r["pair"] == "dense − naive-reprune")
+    assert (row["pairs"], row["not reached"]) == ("1", "1")
+    assert [r["reached"] for r in group_rows(records)] == ["2/2", "1/2"]
+
+
 def test_paired_interval_and_verdict() -> None:
     from headline_report import paired_interval, verdict
 
@@ -198,6 +215,36 @@ def test_paired_rows_give_intervals_from_three_pairs() -> None:
     assert by_setting == ["sparsegpt 2:4", "all"]
     low, high = (float(v) for v in row["Δ aggregate 95% CI"].strip("[]").split(", "))
     assert 0.1 <= low <= 0.115 <= high <= 0.13
+
+
+def test_decision_rows_give_relative_gains_and_the_goal() -> None:
+    from headline_report import decision_rows, matched_effects
+
+    def rec(mode: str, setting: str, seed: int, agg: float, reached: bool = True) -> dict:
+        return {"world": "w", "kind": "matrix", "setting": setting, "method": "grad_diff", "mode": mode,
+                "seed": seed, "learning_rate": 1e-3, "reached": reached, "steps": 10, "forget_quality": 0.1,
+                "forget_rouge": 0.4, "target": 0.5, "model_utility": agg, "aggregate": agg, "train_seconds": 1.0,
+                "peak_memory_bytes": 100}
+
+    records = []
+    for seed in range(4):
+        records += [rec("dense", "wanda 2:4", seed, 0.5), rec("topk", "wanda 2:4", seed, 0.6 + 0.01 * seed),
+                    rec("dense", "magnitude 50%", seed, 0.5), rec("topk", "magnitude 50%", seed, 0.52)]
+    records.append(rec("topk", "magnitude 50%", 4, 0.9, reached=False))  # no dense twin, and missed: ignored
+    effects = matched_effects(records, "topk", "dense")
+    rel, interval = effects[("w", "wanda 2:4")]
+    assert rel == pytest.approx(0.23)  # +0.115 over 0.5
+    assert 0.2 <= interval[0] <= 0.23 <= interval[1] <= 0.26
+    assert effects[("w", "magnitude 50%")] == (pytest.approx(0.04), (pytest.approx(0.04), pytest.approx(0.04)))
+    budget = [{"world": "w", "setting": "wanda 2:4", "method": "grad_diff", "variant": v, "seed": s,
+               "points": [{"fq_score": 1.0, "model_utility": u}]}
+              for s in range(3) for v, u in (("dense", 0.5), ("topk", 0.6))]
+    rows = decision_rows(records, budget, baselines=("dense",))
+    assert [(r["configuration"], r["protocol"]) for r in rows] == [("topk vs dense", "matched (aggregate)"),
+                                                                    ("topk vs dense", "budget (hypervolume)")]
+    assert rows[0]["w: magnitude 50%"] == "+4.0% [+4.0%, +4.0%] win" and rows[0]["≥15% everywhere"] == "no"
+    assert rows[1]["w: wanda 2:4"] == "+20.0% [+20.0%, +20.0%] win" and rows[1]["w: magnitude 50%"] == "–"
+    assert rows[1]["≥15% everywhere"] == "yes"  # the budget protocol ran on one setting, and gained 20% there
 
 
 def test_configurations_are_modifier_fields() -> None:

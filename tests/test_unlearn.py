@@ -33,7 +33,7 @@ def _weights(model) -> dict[str, torch.Tensor]:
 
 
 def _cfg(**kw) -> UnlearnConfig:
-    base = {"max_steps": 3, "batch_size": 2, "learning_rate": 1e-3, "device": "cpu", "progress": False}
+    base = {"mode": "sau", "max_steps": 3, "batch_size": 2, "learning_rate": 1e-3, "device": "cpu", "progress": False}
     base.update(kw)
     return UnlearnConfig(**base)
 

@@ -30,13 +30,16 @@ DEMO_RECIPE = "sparsegpt-2of4-sau-graddiff"
 
 
 def build_world(people: int = 40, seed: int = 0, out: str | os.PathLike[str] | None = None,
-                force: bool = False) -> dict[str, Any]:
-    """Build (or reuse) the toy world; return where it is and how well its models remember."""
+                force: bool = False, prior_people: int = 0) -> dict[str, Any]:
+    """Build (or reuse) the toy world (with ``prior_people`` people of prior knowledge); return where it is and
+    how well its models remember."""
     from sau_compress.worlds import MIN_PEOPLE, build_toy_world
 
     if people < MIN_PEOPLE:
         raise UserError(f"--people must be at least {MIN_PEOPLE} (one person per split), got {people}")
-    return build_toy_world(people=people, seed=seed, out=out, force=force).to_dict()
+    if prior_people < 0:
+        raise UserError(f"--prior-people must be 0 or more, got {prior_people}")
+    return build_toy_world(people=people, seed=seed, out=out, force=force, prior_people=prior_people).to_dict()
 
 
 def demo(output: str | os.PathLike[str] | None = None, device: str | None = None) -> dict[str, Any]:
