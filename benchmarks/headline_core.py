@@ -410,9 +410,11 @@ def _retain_weight(method: str) -> float:
 def _sau_stage(world: World, callback: Any, method: str, learning_rate: float, max_steps: int, batch_size: int,
                seed: int, device: str, **fields: Any) -> Any:
     """The benchmark's SAU stage, as a recipe would hold it: the base method's retain weight, no progress bars,
-    assigned a job with the world's tokenized sets and ``callback``; ``fields`` are further modifier fields."""
+    assigned a job with the world's tokenized sets and ``callback``; ``fields`` are further modifier fields.
+    Without clipping unless ``fields`` set ``max_grad_norm`` (the matched-forgetting runs were all recorded so)."""
     from sau_compress.modifier import SparsityAwareUnlearningModifier
-    from sau_compress.unlearn import UnlearnJob
+
+    fields.setdefault("max_grad_norm", None)    from sau_compress.unlearn import UnlearnJob
 
     modifier = SparsityAwareUnlearningModifier(
         method=method, learning_rate=learning_rate, max_steps=max_steps, batch_size=batch_size,

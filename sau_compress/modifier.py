@@ -90,7 +90,7 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
               forget: data/forget.jsonl
               retain: {path: data/retain.jsonl, limit: 400}
               method: grad_diff
-              mode: sau
+              mode: masked  # the default (docs/results.md); sau is the paper's SAU
               topk_ratio: 0.3
               alpha: 0.1
               learning_rate: 1.0e-4

@@ -43,7 +43,7 @@ def test_oneshot_output_dir_carries_the_record_and_its_recipe_reruns(tiny_model_
 
     def sau(**kw):
         return SparsityAwareUnlearningModifier(
-            forget=str(qa_files["forget"]), retain=str(qa_files["retain"]), max_steps=2, batch_size=2,
+            forget=str(qa_files["forget"]), retain=str(qa_files["retain"]), mode="sau", max_steps=2, batch_size=2,
             learning_rate=3e-3, adam_betas=[0.8, 0.99], progress=False, **kw)
 
     recipe = [SparseGPTModifier(sparsity=0.5, mask_structure="2:4", ignore=["re:.*lm_head"]), sau()]

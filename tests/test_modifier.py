@@ -63,6 +63,7 @@ def _sau_stage(forget: Path, retain: Path, **fields) -> str:
         "forget": str(forget),
         "retain": str(retain),
         "method": "grad_diff",
+        "mode": "sau",  # these tests are about SAU itself (the default mode is masked)
         "learning_rate": 3e-3,
         "max_steps": 4,
         "batch_size": 2,

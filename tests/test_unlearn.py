@@ -33,7 +33,9 @@ def _weights(model) -> dict[str, torch.Tensor]:
 
 
 def _cfg(**kw) -> UnlearnConfig:
-    base = {"mode": "sau", "max_steps": 3, "batch_size": 2, "learning_rate": 1e-3, "device": "cpu", "progress": False}
+    # SAU without clipping: these tests check exact trajectories (the defaults are mode masked, clipping at 1.0)
+    base = {"mode": "sau", "max_grad_norm": None, "max_steps": 3, "batch_size": 2, "learning_rate": 1e-3,
+            "device": "cpu", "progress": False}
     base.update(kw)
     return UnlearnConfig(**base)
 

@@ -36,8 +36,10 @@ class UnlearnConfig(BaseModel):
     error; choice fields are read case-insensitively.
 
     :param method: base unlearning method, a name in :data:`sau_compress.losses.LOSSES`
-    :param mode: ``sau`` | ``dense`` | ``masked`` | ``topk`` | ``naive`` | ``unmasked`` (``docs/sau.md``):
-        ``naive`` trains every entry with no mask, pruned ones included, and re-applies the frozen mask once at
+    :param mode: ``sau`` | ``dense`` | ``masked`` | ``topk`` | ``naive`` | ``unmasked`` (``docs/sau.md``).
+        The default ``masked`` updates every surviving weight and keeps pruned ones at zero: it follows the same
+        path as ``dense``, the configuration that won the benchmark (``docs/results.md``), runs sharded too, and
+        under clipping spends no clip budget on pruned positions; ``sau`` is the paper's method. ``naive`` trains every entry with no mask, pruned ones included, and re-applies the frozen mask once at
         the end (what a standard trainer plus a final re-masking gives); ``unmasked`` does not re-apply it
         (pruned entries end non-zero: the first half of *naive-reprune*, whose recipe runs the pruner again
         after the SAU stage)
@@ -48,7 +50,7 @@ class UnlearnConfig(BaseModel):
     :param learning_rate: step size (> 0)
     :param weight_decay: weight decay (decoupled for AdamW, L2 for SGD), scaled like the rest of the update
     :param max_steps: exact number of optimizer steps (overrides ``epochs``)
-    :param epochs: passes over the forget set
+    :param epochs: passes over the forget set (default 10, as open-unlearning's TOFU runs)
     :param batch_size: forget (and retain) items per micro-batch
     :param grad_accum_steps: micro-batches whose gradients add up to one optimizer step (the losses are
         averaged over them); the effective batch is ``batch_size * grad_accum_steps``
@@ -81,7 +83,8 @@ class UnlearnConfig(BaseModel):
     :param ignore: see :func:`sau_compress.masking.resolve_targets` (``None``: ``["re:.*lm_head"]``)
     :param seed: seed of the data order (and of dropout, if the model has any)
     :param device: ``cpu``, ``cuda``, ``cuda:N`` (``None``: CUDA when available)
-    :param max_grad_norm: clip the norm of the used gradient entries (``None``: no clipping)
+    :param max_grad_norm: clip the norm of the used gradient entries (default 1.0, as transformers' Trainer that
+        open-unlearning uses; ``None``: no clipping)
     :param adam_betas: AdamW (β1, β2), each in [0, 1)
     :param adam_eps: AdamW epsilon
     :param momentum: SGD momentum, in [0, 1)
@@ -97,7 +100,7 @@ class UnlearnConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     method: Annotated[str, _Choice, AfterValidator(_registered_loss)] = "grad_diff"
-    mode: Annotated[Literal["sau", "dense", "masked", "topk", "naive", "unmasked"], _Choice] = "sau"
+    mode: Annotated[Literal["sau", "dense", "masked", "topk", "naive", "unmasked"], _Choice] = "masked"
     topk_ratio: float = Field(0.3, gt=0.0, le=1.0)
     alpha: Annotated[float, Field(ge=0.0), _Finite] = 0.1
     max_scale: float = Field(10.0, ge=1.0)
@@ -105,7 +108,7 @@ class UnlearnConfig(BaseModel):
     learning_rate: Annotated[float, Field(gt=0.0), _Finite] = 1e-5
     weight_decay: Annotated[float, Field(ge=0.0), _Finite] = 0.01
     max_steps: int | None = Field(None, ge=1)
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(10, ge=1)
     batch_size: int = Field(4, ge=1)
     grad_accum_steps: int = Field(1, ge=1)
     lr_scheduler: Annotated[Literal["constant", "linear", "cosine"], _Choice] = "constant"
@@ -125,7 +128,7 @@ class UnlearnConfig(BaseModel):
     ignore: list[str] | None = None
     seed: int = 0
     device: str | None = None
-    max_grad_norm: Annotated[float, Field(gt=0.0), _Finite] | None = None
+    max_grad_norm: Annotated[float, Field(gt=0.0), _Finite] | None = 1.0
     # a list, not a tuple: recipes written back by llmcompressor (recipe.yaml) must stay plain YAML
     adam_betas: Annotated[list[_Beta], Field(min_length=2, max_length=2)] = [0.9, 0.999]
     adam_eps: Annotated[float, Field(gt=0.0), _Finite] = 1e-8
