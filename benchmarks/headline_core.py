@@ -413,8 +413,9 @@ def _sau_stage(world: World, callback: Any, method: str, learning_rate: float, m
     assigned a job with the world's tokenized sets and ``callback``; ``fields`` are further modifier fields.
     Without clipping unless ``fields`` set ``max_grad_norm`` (the matched-forgetting runs were all recorded so)."""
     from sau_compress.modifier import SparsityAwareUnlearningModifier
+    from sau_compress.unlearn import UnlearnJob
 
-    fields.setdefault("max_grad_norm", None)    from sau_compress.unlearn import UnlearnJob
+    fields.setdefault("max_grad_norm", None)
 
     modifier = SparsityAwareUnlearningModifier(
         method=method, learning_rate=learning_rate, max_steps=max_steps, batch_size=batch_size,

@@ -14,7 +14,7 @@ from sau_compress.export import SIDECAR_NAME, forget_set_hash, read_state_dict
 from sau_compress.masking import prune_by_magnitude_
 from sau_compress.pipeline import unlearn_model
 
-SETTINGS = ["max_steps=3", "batch_size=2", "learning_rate=3e-3", "progress=false"]
+SETTINGS = ["mode=sau", "max_steps=3", "batch_size=2", "learning_rate=3e-3", "progress=false"]
 
 
 @pytest.fixture(scope="module")

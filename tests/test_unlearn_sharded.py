@@ -19,7 +19,7 @@ from sau_compress.pipeline import unlearn_model
 from sau_compress.selection import build_selection_compact, build_selection_sharded, contrastive_score
 
 HARNESS = Path(__file__).with_name("shard_harness.py")
-SETTINGS = ["max_steps=4", "batch_size=2", "learning_rate=3e-3", "max_grad_norm=0.05", "progress=false"]
+SETTINGS = ["mode=sau", "max_steps=4", "batch_size=2", "learning_rate=3e-3", "max_grad_norm=0.05", "progress=false"]
 
 
 class ThreadGroup:

@@ -36,11 +36,12 @@ class UnlearnConfig(BaseModel):
     error; choice fields are read case-insensitively.
 
     :param method: base unlearning method, a name in :data:`sau_compress.losses.LOSSES`
-    :param mode: ``sau`` | ``dense`` | ``masked`` | ``topk`` | ``naive`` | ``unmasked`` (``docs/sau.md``).
+    :param mode: ``masked`` | ``sau`` | ``dense`` | ``topk`` | ``naive`` | ``unmasked`` (``docs/sau.md``).
         The default ``masked`` updates every surviving weight and keeps pruned ones at zero: it follows the same
         path as ``dense``, the configuration that won the benchmark (``docs/results.md``), runs sharded too, and
-        under clipping spends no clip budget on pruned positions; ``sau`` is the paper's method. ``naive`` trains every entry with no mask, pruned ones included, and re-applies the frozen mask once at
-        the end (what a standard trainer plus a final re-masking gives); ``unmasked`` does not re-apply it
+        under clipping spends no clip budget on pruned positions; ``sau`` is the paper's method. ``naive`` trains
+        every entry with no mask, pruned ones included, and re-applies the frozen mask once at the end (what a
+        standard trainer plus a final re-masking gives); ``unmasked`` does not re-apply it
         (pruned entries end non-zero: the first half of *naive-reprune*, whose recipe runs the pruner again
         after the SAU stage)
     :param topk_ratio: fraction of each layer's surviving entries in G, in (0, 1]
