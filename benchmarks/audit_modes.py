@@ -61,8 +61,7 @@ def run(args: argparse.Namespace) -> None:
                    "attacks": [{k: a.get(k) for k in ("name", "holds", "value", "level", "threshold")}
                                | {"before": a["before"]["forget_rouge"] if a["score"] == "forget_rouge"
                                   else a["before"].get("mia_auc")} for a in result["attacks"]]}
-            with args.out.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            core.append_record(args.out, row)
             print(json.dumps({k: row[k] for k in ("mode", "seed", "steps", "reached", "seconds")}), flush=True)
 
 

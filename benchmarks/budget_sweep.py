@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                                        args.every, args.batch_size, args.device, clip, done)
                         if rec is None:
                             continue
-                        with runs_path.open("a") as fh:  # one write per line: a stopped sweep resumes
-                            fh.write(json.dumps(rec) + "\n")
+                        core.append_record(runs_path, rec)
                         records.append(rec)
     text = report(records)
     print(text)

@@ -413,8 +413,7 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
 
     def record(rec: dict[str, Any]) -> dict[str, Any]:
         done[rec["key"]] = rec
-        with runs_path.open("a") as fh:
-            fh.write(json.dumps(rec) + "\n")
+        core.append_record(runs_path, rec)
         core_log(rec)
         return rec
 
@@ -482,8 +481,7 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
                             rec = run_cell(w, folder, setting, method, variant, seed, lr, budget["steps"],
                                            budget["every"], args.batch_size, device, 1.0, budget_done)
                             if rec is not None:
-                                with budget_path.open("a") as fh:  # one write per line, as the runs file
-                                    fh.write(json.dumps(rec) + "\n")
+                                core.append_record(budget_path, rec)
                                 budget_done.add(rec["key"])
         if (sweep_grid and seed < args.sweep_seeds and args.part_method in (None, SWEEP_SETTING[wname][1])
                 and args.part_setting in (None, SWEEP_SETTING[wname][0])):

@@ -26,6 +26,7 @@ __all__ = [
     "METHODS",
     "MODES",
     "PRUNERS",
+    "append_record",
     "make_spec",
     "variant_fields",
     "STRUCTURES",
@@ -393,6 +394,13 @@ class RunSpec:
     def key(self) -> str:
         return (f"{self.world}|{self.setting}|{self.method}|{self.mode}|{self.seed}|{self.learning_rate:g}|"
                 f"{self.topk_ratio:g}|{self.alpha:g}")
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` to the JSONL file ``path`` in one ``write`` (parallel workers share the file, and a
+    stopped benchmark resumes from the lines already there)."""
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
 
 
 def make_spec(world: str, kind: str, setting: str, method: str, variant: str, seed: int,

@@ -213,6 +213,16 @@ def _group_of(setting: str, by: str) -> str:
     return setting if by == "setting" else setting.split(" ")[0]
 
 
+def _matrix_cells(records: Sequence[dict[str, Any]]) -> list[tuple[tuple, dict[str, dict[str, Any]]]]:
+    """The pruned matrix runs grouped by cell, (world, setting, base method, seed, learning rate) -> {mode: run},
+    in key order: the runs a paired difference compares."""
+    runs: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in records:
+        if r["kind"] == "matrix" and r["setting"] != "unpruned":
+            runs[(r["world"], r["setting"], r["method"], r["seed"], r["learning_rate"])][r["mode"]] = r
+    return sorted(runs.items(), key=lambda kv: str(kv[0]))
+
+
 def paired_rows(records: Sequence[dict[str, Any]], by: str = "pruner") -> list[dict[str, str]]:
     """Paired differences a − b at matched forgetting: runs of the same world, pruning setting, base method,
     seed and learning rate, kept only when **both** reached the forgetting target (the pairs where either
@@ -220,15 +230,11 @@ def paired_rows(records: Sequence[dict[str, Any]], by: str = "pruner") -> list[d
     per world x pruning setting (``by="setting"``), base methods pooled, and per world over all settings.
     ``relative`` is the mean difference of the aggregate over b's mean aggregate. Ratios are ratios of sums
     (a / b) over the pairs."""
-    runs: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for r in records:
-        if r["kind"] == "matrix" and r["setting"] != "unpruned":
-            runs[(r["world"], r["setting"], r["method"], r["seed"], r["learning_rate"])][r["mode"]] = r
-    ordered = sorted(runs.items(), key=lambda kv: str(kv[0]))
+    ordered = _matrix_cells(records)
     rows = []
-    worlds = sorted({k[0] for k in runs})
+    worlds = sorted({k[0] for k, _ in ordered})
     for world in worlds:
-        groups = sorted({_group_of(k[1], by) for k in runs if k[0] == world})
+        groups = sorted({_group_of(k[1], by) for k, _ in ordered if k[0] == world})
         for group in [*groups, "all"]:
             for a, b in PAIRS:
                 both = [(m[a], m[b]) for k, m in ordered
@@ -283,16 +289,12 @@ def matched_effects(records: Sequence[dict[str, Any]], a: str, b: str,
     """{(world, group): (relative gain, its 95% interval)} of configuration ``a`` over ``b`` on the aggregate at
     matched forgetting: the mean paired difference (pairs as in :func:`paired_rows`) over b's mean, and the
     bootstrap interval of the difference over the same mean; ``None`` without pairs."""
-    runs: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for r in records:
-        if r["kind"] == "matrix" and r["setting"] != "unpruned":
-            runs[(r["world"], _group_of(r["setting"], by), r["setting"], r["method"], r["seed"],
-                  r["learning_rate"])][r["mode"]] = r
     pairs: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
-    for key, by_mode in sorted(runs.items(), key=lambda kv: str(kv[0])):
+    for key, by_mode in _matrix_cells(records):
         if a in by_mode and b in by_mode:
             x, y = by_mode[a], by_mode[b]
-            ok = pairs.setdefault((key[0], key[1]), [])  # a group whose pairs all missed the target shows as None
+            # a group whose pairs all missed the target shows as None
+            ok = pairs.setdefault((key[0], _group_of(key[1], by)), [])
             if _reached(x) and _reached(y) and x["aggregate"] is not None and y["aggregate"] is not None:
                 ok.append((x, y))
     return {group: _relative([x["aggregate"] - y["aggregate"] for x, y in ok], _mean([y["aggregate"] for _, y in ok]))

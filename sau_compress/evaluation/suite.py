@@ -190,14 +190,15 @@ def run_specs(
     """
     results: dict[str, MetricResult] = {}
     for spec in specs:
+        skip = logger.debug if spec.optional else logger.warning
         missing = _missing_field(ctx.datasets, spec.needs)
         if missing:
-            (logger.debug if spec.optional else logger.warning)(f"skipping {spec.name}: {missing}")
+            skip(f"skipping {spec.name}: {missing}")
             continue
         pre = {arg: results[name] for arg, name in spec.pre_compute.items() if name in results}
         if len(pre) < len(spec.pre_compute) and not (spec.partial and pre):
             absent = sorted(set(spec.pre_compute.values()) - set(results))
-            (logger.debug if spec.optional else logger.warning)(f"skipping {spec.name}: needs {absent}")
+            skip(f"skipping {spec.name}: needs {absent}")
             continue
         ref = {arg: (reference or {}).get(name) for arg, name in spec.reference.items()}
         start = time.perf_counter()

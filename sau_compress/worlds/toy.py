@@ -86,7 +86,8 @@ def build_toy_world(
     split = split_people(world_people, seed)
     if prior:
         split["prior"] = sorted(p["name"] for p in prior)
-    splits = {name: [r for r in records if r["person"] in set(names)] for name, names in split.items()}
+    members = {name: set(names) for name, names in split.items()}
+    splits = {name: [r for r in records if r["person"] in people_of] for name, people_of in members.items()}
     for rows in splits.values():
         for i, row in enumerate(rows):
             row["index"] = i
