@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import QA, TOFU_DIR, make_tiny_llama
-from sau_compress.data import tokenize_records
+from sau_compress.data import prompt_ids, tokenize_records
 from sau_compress.errors import UserError
 from sau_compress.evaluation import (
     answer_nll,
@@ -89,6 +89,11 @@ def test_generation_deterministic_and_batch_size_independent(tiny_model, tokeniz
     assert generate_answers(tiny_model, tokenizer, questions, max_new_tokens=8, batch_size=3) == one
     assert generate_answers(tiny_model, tokenizer, questions, max_new_tokens=8, batch_size=7) == one
     assert tiny_model.training is False
+    # prompts tokenized beforehand (TokenizedSets) give the same answers; one per question
+    prompts = [prompt_ids(tokenizer, q, "plain") for q in questions]
+    assert generate_answers(tiny_model, tokenizer, questions, max_new_tokens=8, batch_size=3, prompts=prompts) == one
+    with pytest.raises(ValueError, match=f"{len(questions) - 1} prompts for {len(questions)} questions"):
+        generate_answers(tiny_model, tokenizer, questions, max_new_tokens=8, prompts=prompts[:-1])
 
 
 def test_generation_stops_at_eos(memorizer, tokenizer):
@@ -163,6 +168,45 @@ def test_toy_suite_on_memorizer(memorizer, tokenizer):
                           "mia_min_k", "privleak"}
     assert again["forget_quality"]["agg_value"] == 1.0
     assert again["privleak"]["agg_value"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_shared_tokenized_sets_tokenize_each_set_once_and_change_nothing(memorizer, tiny_model, tokenizer,
+                                                                          monkeypatch):
+    import sau_compress.data as data_module
+    import sau_compress.evaluation.context as context
+    from sau_compress.evaluation import TokenizedSets
+
+    sets = _toy_sets()
+    wanted = ["model_utility", "forget_truth_ratio", "forget_Q_A_ROUGE"]
+    plain = evaluate(memorizer, tokenizer, "toy", datasets=sets, max_new_tokens=32, metrics=wanted)
+    calls = {"answers": 0, "prompts": 0}
+    real_answers, real_prompt = context.tokenize_answers, data_module.prompt_ids
+
+    def count_answers(*a, **kw):
+        calls["answers"] += 1
+        return real_answers(*a, **kw)
+
+    def count_prompt(*a, **kw):
+        calls["prompts"] += 1
+        return real_prompt(*a, **kw)
+
+    monkeypatch.setattr(context, "tokenize_answers", count_answers)
+    monkeypatch.setattr(context, "prompt_ids", count_prompt)
+    tokens = TokenizedSets()
+    first = evaluate(memorizer, tokenizer, "toy", datasets=sets, max_new_tokens=32, metrics=wanted, tokens=tokens)
+    once = dict(calls)
+    # forget (paraphrased, perturbed) and retain (answer, paraphrased, perturbed) answers; a prompt per forget
+    # and retain question (2 + 2)
+    assert once == {"answers": 5, "prompts": 4} and len(tokens) == 7
+    again = evaluate(tiny_model, tokenizer, "toy", datasets=sets, max_new_tokens=32, metrics=wanted, tokens=tokens)
+    assert calls == once  # another model, the same sets: nothing tokenized again
+    for name in wanted:
+        assert first[name]["agg_value"] == plain[name]["agg_value"]
+    assert again["forget_Q_A_ROUGE"]["agg_value"] < 1.0  # the other model's own answers, not memoised ones
+    # a new list (even with equal records) is tokenized afresh
+    evaluate(memorizer, tokenizer, "toy", datasets={k: list(v) for k, v in sets.items()}, max_new_tokens=32,
+             metrics=wanted, tokens=tokens)
+    assert calls["answers"] == 2 * once["answers"]
 
 
 def test_toy_suite_prior_knowledge_enters_model_utility(memorizer, tokenizer, tmp_path):

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from sau_compress.evaluation.context import EvalContext
+from sau_compress.evaluation.context import EvalContext, TokenizedSets
 from sau_compress.evaluation.generation import generate_answers
 from sau_compress.evaluation.metrics import (
     METRICS,
@@ -38,6 +38,7 @@ __all__ = [
     "EvalContext",
     "MetricResult",
     "MetricSpec",
+    "TokenizedSets",
     "answer_nll",
     "auc_score",
     "build_record",

@@ -78,6 +78,7 @@ def generate_answers(
     batch_size: int = 16,
     prompt_format: str = "auto",
     desc: str | None = None,
+    prompts: Sequence[Sequence[int]] | None = None,
 ) -> list[str]:
     """Answer each question by greedy decoding.
 
@@ -89,6 +90,9 @@ def generate_answers(
     :param prompt_format: ``auto`` | ``plain`` | ``chat`` (:func:`sau_compress.data.resolve_prompt_format`);
         the prompts are :func:`sau_compress.data.prompt_ids`, what precedes the answer in training
     :param desc: progress-bar label (no bar when ``None``)
+    :param prompts: the questions' prompt token ids, already made with :func:`sau_compress.data.prompt_ids` in
+        the resolved ``prompt_format`` (e.g. by :class:`~sau_compress.evaluation.context.TokenizedSets`); one
+        per question
 
     Prompts longer than the model's context (:func:`~sau_compress.evaluation.scoring.context_length`) minus
     ``max_new_tokens`` keep their last tokens, with a warning.
@@ -113,8 +117,11 @@ def generate_answers(
         pad_token_id=pad,
     )
     fmt = resolve_prompt_format(tokenizer, prompt_format, log=False)
-    prompts = _fit_context([prompt_ids(tokenizer, q, fmt) for q in questions], context_length(model),
-                           max_new_tokens, desc)
+    if prompts is None:
+        prompts = [prompt_ids(tokenizer, q, fmt) for q in questions]
+    elif len(prompts) != len(questions):
+        raise ValueError(f"{len(prompts)} prompts for {len(questions)} questions")
+    prompts = _fit_context([list(p) for p in prompts], context_length(model), max_new_tokens, desc)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     device = model_device(model)
     answers: list[str] = [""] * len(prompts)

@@ -32,7 +32,7 @@ from torch import nn
 
 from sau_compress.data import load_qa, resolve_prompt_format, tofu_data_dir
 from sau_compress.errors import InputNotFoundError, UserError
-from sau_compress.evaluation.context import EvalContext
+from sau_compress.evaluation.context import EvalContext, TokenizedSets
 from sau_compress.evaluation.metrics import MetricResult, get_metric
 
 __all__ = [
@@ -358,6 +358,7 @@ def evaluate(
     retain_model: nn.Module | None = None,
     retain_tokenizer: Any = None,
     reference: Mapping[str, MetricResult] | str | os.PathLike[str] | None = None,
+    tokens: TokenizedSets | None = None,
 ) -> dict[str, MetricResult]:
     """Run a suite on ``model``.
 
@@ -380,6 +381,8 @@ def evaluate(
     :param retain_model: the reference model trained without the forget set
     :param retain_tokenizer: its tokenizer (default: ``tokenizer``)
     :param reference: the retain model's saved results instead of the model
+    :param tokens: tokenized sets kept across evaluations of the same ``datasets`` lists (a model evaluated
+        every few steps); ``None`` tokenizes here
     :return: metric name -> ``{"agg_value", "value_by_index"}``
     :raises ValueError: both ``retain_model`` and ``reference`` given, or an unknown suite/metric
     """
@@ -392,7 +395,8 @@ def evaluate(
     specs = suite_specs(suite, text_set="text" in sets)
     if metrics is not None:
         specs = required_metrics(specs, metrics)
-    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_length": max_length}
+    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_length": max_length,
+                "tokens": tokens}
     ref = _reference_results(reference)
     if retain_model is not None:
         wanted = sorted({name for s in specs for name in s.reference.values()})
