@@ -528,6 +528,17 @@ def sequential_batches(n: int, batch_size: int, limit: int | None = None) -> lis
     return batches if limit is None else batches[:limit]
 
 
+def spread_batches(n: int, batch_size: int, n_batches: int) -> list[list[int]]:
+    """``n_batches`` batches of ``batch_size`` positions spread evenly over ``0..n-1`` (position ``i·n // m``
+    for ``i < m = min(n, n_batches·batch_size)``, in order), so that every part of a set ordered by topic
+    is represented; all positions when the set is smaller."""
+    if batch_size < 1 or n_batches < 1:
+        raise UserError(f"batch_size and n_batches must be at least 1, got {batch_size} and {n_batches}")
+    m = min(n, n_batches * batch_size)
+    picked = [i * n // m for i in range(m)]
+    return [picked[start : start + batch_size] for start in range(0, m, batch_size)]
+
+
 class QASetSpec(BaseModel):
     """Where a QA set comes from (any source :func:`load_qa` reads), as recipes and the CLI name it.
 

@@ -82,6 +82,30 @@ def test_contrastive_saliency_changes_g_and_needs_a_retain_set(pruned, qa_items)
                 pad_token_id=pad)
 
 
+def test_contrastive_reads_as_many_retain_batches_as_forget_batches_spread_over_the_retain_set(
+        pruned, qa_items, monkeypatch):
+    import sau_compress.unlearn.loop as loop
+    from sau_compress.data import spread_batches
+
+    assert spread_batches(10, 3, 2) == [[0, 1, 3], [5, 6, 8]]
+    assert spread_batches(5, 4, 3) == [[0, 1, 2, 3], [4]]  # a smaller set: all of it
+    data, pad = qa_items
+    seen: list[tuple[str, list[list[int]]]] = []
+    real = loop.compute_fisher
+
+    def spy(params, batches, nll, **kw):
+        seen.append((kw["desc"], [list(b) for b in batches]))
+        return real(params, batches, nll, **kw)
+
+    monkeypatch.setattr(loop, "compute_fisher", spy)
+    unlearn(clone_model(pruned), data[:2], data[2:6], _cfg(saliency="contrastive"), pad_token_id=pad)
+    assert seen == [("saliency", [[0, 1]]), ("saliency (retain)", [[0, 2]])]
+    seen.clear()
+    unlearn(clone_model(pruned), data[:2], data[2:6], _cfg(saliency="contrastive", saliency_batch_size=1),
+            pad_token_id=pad)
+    assert seen == [("saliency", [[0], [1]]), ("saliency (retain)", [[0], [2]])]
+
+
 def test_per_example_saliency_differs_from_the_batch_mean(pruned, qa_items):
     data, pad = qa_items
     twin = clone_model(pruned)

@@ -73,8 +73,9 @@ class UnlearnConfig(BaseModel):
         from F). ``contrastive`` needs a retain set
     :param contrastive_eps: ε of ``contrastive`` (> 0), relative to the layer's mean retain Fisher over its
         surviving entries
-    :param saliency_batches: batches for the saliency pass (``None``: the whole forget set once; the same
-        number of retain batches for ``contrastive``)
+    :param saliency_batches: batches for the saliency pass (``None``: the whole forget set once). ``contrastive``
+        reads as many retain batches as the forget pass has, spread evenly over the retain set
+        (:func:`sau_compress.data.spread_batches`)
     :param saliency_refresh_steps: recompute the saliency, G and W every this many optimizer steps, from the
         weights as they are then (``0``: once, before the first step; modes ``sau``/``topk``). The optimizer
         state of entries that stay in G is carried over; entries that join G start from zero state

@@ -35,7 +35,7 @@ from loguru import logger
 from torch import nn
 from tqdm.auto import tqdm
 
-from sau_compress.data import pair_forget_retain, sequential_batches
+from sau_compress.data import pair_forget_retain, sequential_batches, spread_batches
 from sau_compress.errors import NonFiniteLossError, UserError
 from sau_compress.logs import progress_disabled
 from sau_compress.losses import answer_logprobs, get_loss, kl_to_reference, retain_nll, sequence_nll
@@ -417,7 +417,7 @@ class _Runner:
                 if cfg.mode == "masked":
                     scales[name] = ParamScale(indices=None, scale=mask.unpack(self.device))
             return info, scales
-        def fisher_of(items: list[dict[str, Any]], desc: str) -> dict[str, CompactFisher]:
+        def fisher_of(items: list[dict[str, Any]], batches: list[list[int]], desc: str) -> dict[str, CompactFisher]:
             def nll(idx: list[int]) -> torch.Tensor:
                 batch = self.io.batch([items[i] for i in idx])
                 loss = retain_nll(*sequence_nll(*self.io.scored(batch)))
@@ -425,14 +425,18 @@ class _Runner:
                 self._release(force=False)  # before the backward pass (see _release)
                 return loss
 
-            batches = sequential_batches(len(items), cfg.saliency_batch_size or cfg.batch_size, cfg.saliency_batches)
             out = compute_fisher(self.params, batches, nll, total=len(batches), desc=desc, progress=cfg.progress,
                                  masks=masks)
             self.memory.sample()
             return out
 
-        fisher = fisher_of(self.forget, "saliency")
-        retain_fisher = fisher_of(self.retain, "saliency (retain)") if cfg.saliency == "contrastive" else None
+        size = cfg.saliency_batch_size or cfg.batch_size
+        forget_batches = sequential_batches(len(self.forget), size, cfg.saliency_batches)
+        fisher = fisher_of(self.forget, forget_batches, "saliency")
+        retain_fisher = None
+        if cfg.saliency == "contrastive":  # as many retain batches as forget batches, spread over the retain set
+            retain_fisher = fisher_of(self.retain, spread_batches(len(self.retain), size, len(forget_batches)),
+                                      "saliency (retain)")
         for name in list(fisher):
             f = fisher.pop(name)
             score = None
