@@ -87,13 +87,13 @@ def run_cell(world: core.World, folder: Path, setting: str, method: str, variant
              done: set[str]) -> dict[str, Any] | None:
     """One fixed-budget run (:func:`headline_core.run_budget`) as a record, or ``None`` when its key is in
     ``done`` (already recorded)."""
-    key = f"{world.name}|{setting}|{method}|{variant}|{seed}|{lr:g}|{steps}|{clip}"
+    key = f"{world.name}|{setting}|{method}|{variant}|{seed}|{lr:g}|{steps}|every{every}|{clip}"
     if key in done:
         return None
     t = time.perf_counter()
     pts = core.run_budget(world, folder, variant, method, seed, lr, steps, every, batch_size, device, clip)
     return {"key": key, "world": world.name, "setting": setting, "method": method, "variant": variant, "seed": seed,
-            "learning_rate": lr, "steps": steps, "max_grad_norm": clip, "points": pts,
+            "learning_rate": lr, "steps": steps, "every": every, "max_grad_norm": clip, "points": pts,
             "seconds": time.perf_counter() - t, "world_weights_sha256": world.weights_sha256.get("model")}
 
 

@@ -123,6 +123,10 @@ class World:
     prior_eval: list[dict[str, Any]] = field(default_factory=list)
     #: SHA-256 of the memorizer's and the retain model's weights (builds differ across machines)
     weights_sha256: dict[str, str] = field(default_factory=dict)
+    #: the evaluation sets tokenized once for every evaluation and forgetting check of the world's runs
+    tokens: Any = field(default=None, repr=False)
+    #: forget ROUGE-L recall of each model folder as loaded (a run's start; every run from a folder shares it)
+    start_rouge: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary of the world's scale."""
@@ -178,6 +182,7 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
 
     from transformers import AutoTokenizer
 
+    from sau_compress.evaluation import TokenizedSets
     from sau_compress.export import load_model
 
     if size not in MODEL_SIZES:
@@ -221,6 +226,7 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
         memorizer_rouge=dict(built.rouge),
         retain_model_rouge=dict(built.retain_model_rouge),
         weights_sha256=dict(built.weights_sha256),
+        tokens=TokenizedSets(),
     )
     world.forget_items = tokenize_records(tokenizer, world.forget, max_length=256)
     world.retain_items = tokenize_records(tokenizer, world.retain, max_length=256)
@@ -246,13 +252,16 @@ def _eval_sets(world: World) -> dict[str, list[dict[str, Any]]]:
 @torch.no_grad()
 def forget_rouge(model: torch.nn.Module, world: World, records: list[dict[str, Any]] | None = None) -> float:
     """Mean ROUGE-L recall of greedy answers to ``records`` (default: the forget set)."""
+    from sau_compress.data import resolve_prompt_format
     from sau_compress.evaluation import generate_answers, rouge_l_recall
 
     records = world.forget if records is None else records
     was_training = model.training
     model.eval()
+    fmt = resolve_prompt_format(world.tokenizer, "auto", log=False)
+    prompts = None if world.tokens is None else world.tokens.prompts(world.tokenizer, records, "question", fmt)
     answers = generate_answers(model, world.tokenizer, [r["question"] for r in records],
-                               max_new_tokens=world.max_new_tokens, batch_size=EVAL_BATCH)
+                               max_new_tokens=world.max_new_tokens, batch_size=EVAL_BATCH, prompts=prompts)
     model.train(was_training)
     return sum(rouge_l_recall(a, r["answer"]) for a, r in zip(answers, records, strict=True)) / len(records)
 
@@ -293,7 +302,8 @@ def evaluate_model(model: torch.nn.Module, world: World, forget_answers: bool = 
     wanted = ["forget_quality", "model_utility", "retain_Q_A_ROUGE", "prior_Q_A_ROUGE"]
     res = evaluate(model, world.tokenizer, "toy", datasets=_eval_sets(world),
                    metrics=wanted + (["forget_Q_A_ROUGE"] if forget_answers else []),
-                   batch_size=EVAL_BATCH, max_new_tokens=world.max_new_tokens, reference=world.reference)
+                   batch_size=EVAL_BATCH, max_new_tokens=world.max_new_tokens, reference=world.reference,
+                   tokens=world.tokens)
     out = {
         "forget_quality": res["forget_quality"]["agg_value"],
         "model_utility": res["model_utility"]["agg_value"],
@@ -458,8 +468,10 @@ def run_unlearning(
     from sau_compress.export import load_model
     from sau_compress.pipeline import run_oneshot
 
-    model = load_model(model_dir)
-    start_rouge = forget_rouge(model.to(device), world)
+    model = load_model(model_dir).to(device)
+    if str(model_dir) not in world.start_rouge:  # the same for every run from this folder
+        world.start_rouge[str(model_dir)] = forget_rouge(model, world)
+    start_rouge = world.start_rouge[str(model_dir)]
     checks: list[tuple[int, float]] = [(0, start_rouge)]
     check_seconds = 0.0
 
@@ -493,10 +505,15 @@ def run_unlearning(
             run_oneshot(model, world.tokenizer, [modifier])
         result = modifier.result
     model.to(device)
-    t = time.perf_counter()
-    metrics = evaluate_model(model, world)
-    eval_seconds = time.perf_counter() - t
     steps = 0 if result is None else result.steps
+    # the last check answered the forget questions on this very model when the run stopped there (not so after
+    # naive-reprune's second pruning)
+    checked_last = checks[-1][0] == steps and not reprune
+    t = time.perf_counter()
+    metrics = evaluate_model(model, world, forget_answers=not checked_last)
+    if checked_last:
+        metrics["forget_rouge"] = checks[-1][1]
+    eval_seconds = time.perf_counter() - t
     reached = reached_at_start or (result is not None and checks[-1][0] == steps and checks[-1][1] <= world.target)
     if reprune:  # the checks saw the model before the pruner ran again: what counts is the re-pruned model
         reached = reached and metrics["forget_rouge"] <= world.target
