@@ -24,27 +24,27 @@ __all__ = [
     "DEFAULT_MODES",
     "FQ_DECADES",
     "METHODS",
+    "MODEL_SIZES",
     "MODES",
     "PRUNERS",
-    "append_record",
-    "make_spec",
-    "variant_fields",
     "STRUCTURES",
+    "VARIANTS",
     "RunSpec",
     "World",
-    "VARIANTS",
     "aggregate_score",
-    "fq_score",
-    "run_budget",
+    "append_record",
     "evaluate_model",
     "forget_rouge",
+    "fq_score",
     "load_world",
-    "MODEL_SIZES",
-    "world_label",
+    "make_spec",
     "prune",
     "pruned_dir",
+    "run_budget",
     "run_unlearning",
     "unlearn_then_sparsify",
+    "variant_fields",
+    "world_label",
 ]
 
 PRUNERS = ("magnitude", "wanda", "sparsegpt")
@@ -506,15 +506,16 @@ def run_unlearning(
         result = modifier.result
     model.to(device)
     steps = 0 if result is None else result.steps
-    # the last check answered the forget questions on this very model when the run stopped there (not so after
-    # naive-reprune's second pruning)
-    checked_last = checks[-1][0] == steps and not reprune
+    # the last check saw the model as it ended: its answers are this model's (not so after naive-reprune's second
+    # pruning), and the run stopped because of it when it was at the target
+    stopped_at_check = checks[-1][0] == steps
+    checked_last = stopped_at_check and not reprune
     t = time.perf_counter()
     metrics = evaluate_model(model, world, forget_answers=not checked_last)
     if checked_last:
         metrics["forget_rouge"] = checks[-1][1]
     eval_seconds = time.perf_counter() - t
-    reached = reached_at_start or (result is not None and checks[-1][0] == steps and checks[-1][1] <= world.target)
+    reached = reached_at_start or (result is not None and stopped_at_check and checks[-1][1] <= world.target)
     if reprune:  # the checks saw the model before the pruner ran again: what counts is the re-pruned model
         reached = reached and metrics["forget_rouge"] <= world.target
     train_seconds = 0.0 if result is None else max(0.0, result.seconds - check_seconds)
