@@ -56,7 +56,7 @@ app = typer.Typer(
 )
 
 COMMAND_MODULES = ("toy_cmd", "demo_cmd", "run_cmd", "eval_cmd", "export_cmd", "audit_cmd", "verify_cmd",
-                   "unlearn_cmd")
+                   "unlearn_cmd", "model_cmd")
 
 
 def _version(value: bool) -> None:

@@ -34,6 +34,7 @@ LAYERS = {
     "sau_compress.magnitude": "modifier",
     "sau_compress.modifier": "modifier",
     "sau_compress.worlds": "worlds",
+    "sau_compress.models": "models",
     "sau_compress.pipeline": "pipeline",
     "sau_compress.cli": "cli",
 }
@@ -48,7 +49,8 @@ ALLOWED = {
     "audit": {"base", "core", "data", "evaluation"},
     "modifier": {"base", "core", "data", "loop", "export"},
     "worlds": {"base", "core", "data", "evaluation"},
-    "pipeline": {"base", "core", "data", "loop", "evaluation", "export", "audit", "modifier", "worlds"},
+    "models": {"base", "worlds"},
+    "pipeline": {"base", "core", "data", "loop", "evaluation", "export", "audit", "modifier", "worlds", "models"},
     "cli": {"pipeline"},
 }
 #: the only modules of lower layers the CLI may name: the version, the error types and the log levels

@@ -1,5 +1,6 @@
 """Models as the front doors name them: a folder (plain HF, compressed-tensors, or our exports) or one of the
-toy world's names, loaded with their tokenizer onto a device."""
+toy world's names, a packaged model's name, a .gguf file or a hub id (:mod:`sau_compress.models`), loaded with
+their tokenizer onto a device."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 import torch
 
 from sau_compress.errors import UserError
+from sau_compress.models import resolve_model_path as resolve_model
 from sau_compress.worlds import TOY_ALIASES
-from sau_compress.worlds import resolve_model_path as resolve_model
 
 __all__ = [
     "TOKENIZER_FILES", "TOY_MODELS", "load_model_and_tokenizer", "load_tokenizer", "pick_device", "resolve_model",
