@@ -13,6 +13,7 @@ from conftest import QA, TOFU_DIR, make_tiny_llama
 from sau_compress.data import prompt_ids, tokenize_records
 from sau_compress.errors import UserError
 from sau_compress.evaluation import (
+    SUMMARY_KEYS,
     answer_nll,
     evaluate,
     generate_answers,
@@ -131,12 +132,21 @@ def test_rouge_metric_on_memorized_answers(memorizer, tokenizer):
 
 def test_summarize_on_memorizer(memorizer, tokenizer):
     sets = _toy_sets()
-    out = summarize(memorizer, tokenizer, sets["forget"], sets["retain"], batch_size=4, max_new_tokens=32)
-    assert set(out) == {"forget_rouge", "retain_rouge", "forget_nll", "retain_nll"}
+    out = summarize(memorizer, tokenizer, sets["forget"], sets["retain"], batch_size=4, max_new_tokens=32,
+                    samples=1)
+    assert set(out) == {f"{s}_{k}" for s in ("forget", "retain") for k in SUMMARY_KEYS} | {"samples"}
     assert out["forget_rouge"] == 1.0 and out["retain_rouge"] == 1.0
+    # the memorizer says each answer word for word: every answer contains its reference, none is empty or loops
+    assert out["forget_contains"] == out["retain_contains"] == 1.0
+    assert out["forget_empty"] == out["retain_empty"] == out["forget_loops"] == out["retain_loops"] == 0.0
+    assert out["samples"] == {
+        name: [{"question": sets[name][0]["question"], "reference": sets[name][0]["answer"],
+                "answer": sets[name][0]["answer"]}] for name in ("forget", "retain")
+    }
     assert out["forget_nll"] == pytest.approx(sum(answer_nll(memorizer, tokenizer, sets["forget"])) / 2, abs=1e-6)
     held = summarize(memorizer, tokenizer, sets["holdout"], sets["retain"], max_new_tokens=2)
     assert held["forget_nll"] > 10 * out["forget_nll"]
+    assert held["forget_contains"] == 0.0 and "samples" not in held  # two tokens cannot hold a whole answer
     with pytest.raises(ValueError, match="non-empty retain"):
         summarize(memorizer, tokenizer, sets["forget"], [])
 

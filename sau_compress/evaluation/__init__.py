@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from sau_compress.evaluation import answers as answers  # registers contains, empty_answers, looping_answers
 from sau_compress.evaluation.context import EvalContext, TokenizedSets
 from sau_compress.evaluation.generation import generate_answers
 from sau_compress.evaluation.metrics import (
@@ -29,12 +30,13 @@ from sau_compress.evaluation.suite import (
     evaluate,
     load_suite_data,
     suite_specs,
-    summarize,
 )
+from sau_compress.evaluation.summary import SUMMARY_KEYS, summarize
 
 __all__ = [
     "METRICS",
     "SUITES",
+    "SUMMARY_KEYS",
     "EvalContext",
     "MetricResult",
     "MetricSpec",

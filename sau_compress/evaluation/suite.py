@@ -1,4 +1,4 @@
-"""Evaluation suites (TOFU and the toy world), their data, and the quick before/after summary.
+"""Evaluation suites (TOFU and the toy world) and their data (the quick before/after summary: :mod:`.summary`).
 
 A suite is a list of :class:`MetricSpec` (metric name, handler, parameters, the earlier metrics it is built
 from, the retain model's metrics it compares against), the Python counterpart of open-unlearning's
@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from loguru import logger
 from torch import nn
 
@@ -45,7 +44,6 @@ __all__ = [
     "required_metrics",
     "run_specs",
     "suite_specs",
-    "summarize",
 ]
 
 SUITES = ("toy", "tofu")
@@ -412,34 +410,3 @@ def evaluate(
     sizes = ", ".join(f"{k} {len(v)}" for k, v in sets.items())
     logger.info(f"{suite} suite: {len(specs)} metrics on {sizes}")
     return run_specs(EvalContext(model, tokenizer, sets, prompt_format=fmt, **settings), specs, ref)
-
-
-def summarize(
-    model: nn.Module,
-    tokenizer: Any,
-    forget: list[dict[str, Any]],
-    retain: list[dict[str, Any]],
-    batch_size: int = 16,
-    max_new_tokens: int = 64,
-    prompt_format: str = "auto",
-) -> dict[str, float]:
-    """The quick before/after numbers: mean ROUGE-L recall of greedy answers and mean answer NLL per set.
-
-    One ``generate`` pass and one forward pass per set.
-
-    :param forget: QA records (``question``, ``answer``) of the forget set
-    :param retain: QA records of the retain set
-    :param prompt_format: ``auto`` | ``plain`` | ``chat`` (:func:`sau_compress.data.resolve_prompt_format`)
-    :return: ``{"forget_rouge", "retain_rouge", "forget_nll", "retain_nll"}``
-    :raises ValueError: an empty set
-    """
-    for name, recs in (("forget", forget), ("retain", retain)):
-        if not recs:
-            raise UserError(f"summarize needs a non-empty {name} set")
-    ctx = EvalContext(model, tokenizer, {"forget": list(forget), "retain": list(retain)}, batch_size=batch_size,
-                      max_new_tokens=max_new_tokens, prompt_format=prompt_format)
-    out: dict[str, float] = {}
-    for name in ("forget", "retain"):
-        out[f"{name}_rouge"] = float(get_metric("rouge")(ctx, data=name)["agg_value"])
-        out[f"{name}_nll"] = float(np.mean([options[0].avg_loss for options in ctx.scores(name)]))
-    return out
