@@ -9,7 +9,7 @@ from enum import Enum
 
 import typer
 
-__all__ = ["Engine", "ExportFormat", "ForgetSplit", "PromptFormat", "RunFormat", "Suite", "check_device"]
+__all__ = ["DemoModel", "Engine", "ExportFormat", "ForgetSplit", "PromptFormat", "RunFormat", "Suite", "check_device"]
 
 
 class ExportFormat(str, Enum):
@@ -25,6 +25,13 @@ class RunFormat(str, Enum):
     auto = "auto"
     sparse = "sparse-24-bitmask"
     dense = "dense"
+
+
+class DemoModel(str, Enum):
+    """``sau_compress.pipeline.DEMO_MODELS``."""
+
+    toy = "toy"
+    smollm2 = "smollm2-135m-instruct"
 
 
 class Suite(str, Enum):

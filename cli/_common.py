@@ -40,13 +40,35 @@ def kv_table(title: str, rows: dict[str, Any]) -> Table:
 
 
 def before_after_table(result: dict[str, Any]) -> Table:
-    """The before/after summary of ``run`` and ``unlearn`` (ROUGE-L recall and answer NLL per set)."""
-    table = Table(title="before / after")
-    for col in ("metric", "before", "after", "change"):
+    """The before/after summary of ``run`` and ``unlearn``: per set ROUGE-L recall, answer NLL and the shares of
+    greedy answers that contain the reference, are empty or loop; a ``pruned`` column when the run evaluated
+    the model right after pruning."""
+    stages = [name for name in ("before", "pruned", "after") if result.get(name)]
+    table = Table(title=" / ".join(stages))
+    base = "pruned" if "pruned" in stages else stages[0]
+    for col in ("metric", *stages, f"after - {base}"):
         table.add_column(col)
-    for key in ("forget_rouge", "retain_rouge", "forget_nll", "retain_nll"):
-        b, a = result["before"][key], result["after"][key]
-        table.add_row(key, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}")
+    first, last = result[base], result["after"]
+    for key, value in last.items():
+        if not isinstance(value, float):
+            continue
+        cells = [f"{result[stage][key]:.4f}" for stage in stages]
+        table.add_row(key, *cells, f"{value - first[key]:+.4f}")
+    return table
+
+
+def samples_table(result: dict[str, Any]) -> Table | None:
+    """A few questions of each set with their greedy answers at each stage (``None`` when not recorded)."""
+    stages = [name for name in ("before", "pruned", "after") if (result.get(name) or {}).get("samples")]
+    if not stages:
+        return None
+    table = Table(title="sample answers")
+    for col in ("set", "question", *stages):
+        table.add_column(col, overflow="fold")
+    for split in ("forget", "retain"):
+        for i, sample in enumerate(result[stages[0]]["samples"][split]):
+            answers = [result[stage]["samples"][split][i]["answer"][:80] for stage in stages]
+            table.add_row(split, sample["question"], *answers)
     return table
 
 

@@ -15,6 +15,7 @@ from sau_compress.cli._common import (
     console,
     emit,
     kv_table,
+    samples_table,
     stdout_to_stderr,
     user_errors,
 )
@@ -25,6 +26,7 @@ def _render_run(result: dict[str, Any]) -> None:
         "output": result["output"],
         "format": result["format"],
         "prompt format": result.get("prompt_format"),
+        "answers end with (EOS)": result.get("eos_token"),
         "modifiers": " -> ".join(result["modifiers"]),
         "sparsity (target layers)": result["sparsity"],
         "2:4 everywhere": result["two_four"],
@@ -35,6 +37,9 @@ def _render_run(result: dict[str, Any]) -> None:
     console.print(kv_table("sau-compress run", rows))
     if result.get("before") and result.get("after"):
         console.print(before_after_table(result))
+        samples = samples_table(result)
+        if samples is not None:
+            console.print(samples)
     if result.get("audit"):
         from sau_compress.cli.audit_cmd import render_audit
 
@@ -43,11 +48,12 @@ def _render_run(result: dict[str, Any]) -> None:
 
 def run(
     model: str = typer.Argument(..., help="Model folder, or 'toy' (the embedded toy memorizer)."),
-    recipe: str = typer.Option(
-        "sparsegpt-2of4-sau-graddiff",
+    recipe: str | None = typer.Option(
+        None,
         "--recipe",
         "-r",
-        help="Bundled recipe name (see `recipes`) or a recipe file.",
+        help="Bundled recipe name (see `recipes`) or a recipe file (default: sparsegpt-2of4-sau-npo, the "
+             "pretrained-model settings; for toy models toy-sparsegpt-2of4-graddiff, the toy's own).",
     ),
     output: Path = typer.Option(
         ..., "--output", "-o", help="Folder to write the result to (must not exist)."
@@ -90,12 +96,13 @@ def run(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Prune, unlearn and export a model with an llmcompressor recipe; print a before/after summary."""
+    from sau_compress.pipeline import default_recipe
     from sau_compress.pipeline import run as run_pipeline
 
     with user_errors(), stdout_to_stderr(as_json):
         result = run_pipeline(
             model,
-            recipe,
+            recipe or default_recipe(model),
             output,
             forget=forget,
             retain=retain,

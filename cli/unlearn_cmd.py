@@ -15,6 +15,7 @@ from sau_compress.cli._common import (
     emit,
     err_console,
     kv_table,
+    samples_table,
     stdout_to_stderr,
     user_errors,
 )
@@ -39,6 +40,9 @@ def _render(result: dict[str, Any]) -> None:
     console.print(kv_table("sau-compress unlearn", rows))
     if result.get("before") and result.get("after"):
         console.print(before_after_table(result))
+        samples = samples_table(result)
+        if samples is not None:
+            console.print(samples)
 
 
 def unlearn(

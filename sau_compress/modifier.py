@@ -238,8 +238,11 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
             logger.info(f"SAU runs before {self._pruning_after}: unlearn then sparsify")
             config = config.model_copy(update={"allow_dense": True})
         model, job = state.model, self._job
-        with onloaded(model), quantization_disabled(model), torch.enable_grad():
-            result = unlearn(model, job.forget, job.retain, config, job.pad_token_id, job.callback)
+        with onloaded(model), quantization_disabled(model):
+            if job.on_start is not None:
+                job.on_start(model)
+            with torch.enable_grad():
+                result = unlearn(model, job.forget, job.retain, config, job.pad_token_id, job.callback)
         job.results.append(result)
         self._leave_record(model, config, result)
         rhos = [layer["rho"] for layer in result.layers.values() if layer.get("rho") is not None]
@@ -284,7 +287,7 @@ class SparsityAwareUnlearningModifier(_UnlearnFieldsBase):
         from llmcompressor.modifiers.quantization import QuantizationMixin
 
         earlier, later = modifiers[:position], modifiers[position + 1 :]
-        self._pruning_after = [type(m).__name__ for m in later if _is_pruning(m)]
+        self._pruning_after = [type(m).__name__ for m in later if is_pruning(m)]
         if self.mode == "unmasked" and not self._pruning_after:
             raise UserError(
                 "SparsityAwareUnlearningModifier with mode 'unmasked' leaves the pruned weights non-zero and no "
@@ -334,7 +337,8 @@ def _record_on_save(model: nn.Module) -> None:
     model.save_pretrained = types.MethodType(save_pretrained, model)
 
 
-def _is_pruning(modifier: Modifier) -> bool:
+def is_pruning(modifier: Modifier) -> bool:
+    """Whether ``modifier`` is one of llmcompressor's (or our magnitude) pruning modifiers."""
     from llmcompressor.modifiers.pruning import MagnitudePruningModifier
     from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
 

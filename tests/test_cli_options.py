@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from sau_compress import logs
 from sau_compress.cli import _choices
 from sau_compress.cli.app import app
+from sau_compress.evaluation import SUMMARY_KEYS
 
 PRUNE_ONLY = """# prune only
 sparsity_stage:
@@ -32,7 +33,7 @@ def test_choice_enums_mirror_the_library():
     from sau_compress.evaluation.suite import FORGET_SPLITS, SUITES
     from sau_compress.export import FORMATS
     from sau_compress.export.verify import ENGINES
-    from sau_compress.pipeline import EXPORT_FORMATS
+    from sau_compress.pipeline import DEMO_MODELS, EXPORT_FORMATS
 
     assert tuple(e.value for e in _choices.ExportFormat) == FORMATS
     assert tuple(e.value for e in _choices.RunFormat) == EXPORT_FORMATS
@@ -40,6 +41,7 @@ def test_choice_enums_mirror_the_library():
     assert tuple(e.value for e in _choices.ForgetSplit) == FORGET_SPLITS
     assert tuple(e.value for e in _choices.PromptFormat) == PROMPT_FORMATS
     assert tuple(e.value for e in _choices.Engine) == ENGINES
+    assert tuple(e.value for e in _choices.DemoModel) == DEMO_MODELS
 
 
 BAD_CHOICES = [
@@ -131,7 +133,8 @@ def test_run_quiet_prune_only_prints_one_json_line(tiny_model_dir, qa_files, tmp
     assert summary["modifiers"] == ["SparseGPTModifier"] and summary["format"] == "sparse-24-bitmask"
     assert summary["pattern_preserved"] is None and summary["unlearn"] is None
     assert summary["two_four"] is True and summary["sparsity"] == 0.5
-    assert set(summary["before"]) == {"forget_rouge", "retain_rouge", "forget_nll", "retain_nll"}
+    assert set(summary["before"]) == {f"{s}_{k}" for s in ("forget", "retain") for k in SUMMARY_KEYS} | {"samples"}
+    assert summary["pruned"] is None  # no SAU stage: no model right before unlearning
     # warnings only: no INFO or METRIC line, no progress bar
     assert all(" | WARNING - " in line for line in res.stderr.splitlines()), res.stderr
     sidecar = json.loads((out / "sau_compress.json").read_text())

@@ -12,11 +12,13 @@ from typer.testing import CliRunner
 
 from conftest import TINY_RECIPE, make_chat_tokenizer, make_tiny_llama
 from sau_compress.cli.app import app
+from sau_compress.evaluation import SUMMARY_KEYS
 from sau_compress.io import OutputExistsError
 from sau_compress.magnitude import OneShotMagnitudePruningModifier
 from sau_compress.masking import is_2of4, sparsity
 from sau_compress.modifier import SparsityAwareUnlearningModifier
 from sau_compress.pipeline import (
+    DEMO_RECIPE,
     SAU_MODIFIER,
     apply_overrides,
     list_recipes,
@@ -32,6 +34,8 @@ BUNDLED = [
     "sparsegpt-2of4-sau-fp8",
     "sparsegpt-2of4-sau-graddiff",
     "sparsegpt-2of4-sau-npo",
+    "sparsegpt-50-sau-npo",
+    "toy-sparsegpt-2of4-graddiff",
     "wanda-50-sau-graddiff",
 ]
 
@@ -206,9 +210,15 @@ def test_run_end_to_end_leaves_the_input_untouched(tiny_model_dir, tiny_recipe, 
     assert summary["modifiers"] == ["SparseGPTModifier", SAU_MODIFIER]
     assert summary["pattern_preserved"] is True and summary["two_four"] is True and summary["sparsity"] == 0.5
     assert summary["unlearn"]["steps"] == 2  # --set beat the recipe's max_steps: 3
-    for key in ("before", "after"):
-        assert set(summary[key]) == {"forget_rouge", "retain_rouge", "forget_nll", "retain_nll"}
-    assert summary["after"]["forget_nll"] > summary["before"]["forget_nll"]
+    keys = {f"{s}_{k}" for s in ("forget", "retain") for k in SUMMARY_KEYS} | {"samples"}
+    for key in ("before", "pruned", "after"):  # the pruned model is evaluated right before the SAU stage
+        assert set(summary[key]) == keys
+    assert summary["after"]["forget_nll"] > summary["pruned"]["forget_nll"]
+    first_forget = json.loads(qa_files["forget"].read_text().splitlines()[0])
+    assert summary["pruned"]["samples"]["forget"][0]["question"] == first_forget["question"]
+    sidecar = json.loads((out / "sau_compress.json").read_text())
+    assert list(sidecar["unlearning"]["metrics"]) == ["before", "pruned", "after"]
+    assert sidecar["unlearning"]["metrics"]["pruned"]["forget_nll"] == summary["pruned"]["forget_nll"]
     assert summary["seconds"] > 0
     saved = load_model(out)
     for name, layer in saved.named_modules():
@@ -320,10 +330,10 @@ def test_bundled_recipe_runs(name, tiny_model_dir, qa_files, tmp_path):
         evaluate=False,
     )
     assert summary["pattern_preserved"] is True and summary["sparsity"] == 0.5
-    assert summary["two_four"] is name.startswith("sparsegpt")
+    assert summary["two_four"] is ("2of4" in name)
     assert summary["quantized"] is name.endswith("fp8")
     assert summary["format"] == (
-        "sparse-24-bitmask" if name in ("sparsegpt-2of4-sau-graddiff", "sparsegpt-2of4-sau-npo") else "dense"
+        "sparse-24-bitmask" if "2of4" in name and not name.endswith("fp8") else "dense"
     )
     assert (tmp_path / name / "sau_compress.json").is_file()
 
@@ -369,11 +379,11 @@ def test_cli_run_bad_set_is_a_user_error(tiny_model_dir, qa_files, tmp_path):
 def test_toy_memorizer_forgets_and_keeps_the_retain_set(tmp_path):
     """Acceptance on the toy memorizer (built on first use, minutes on a CPU; cached afterwards).
 
-    Measured with the bundled settings: forget ROUGE-L recall 1.000 -> 0.411, retain 1.000 -> 0.967 (H100).
+    Measured with the toy demo's settings: forget ROUGE-L recall 1.000 -> 0.411, retain 1.000 -> 0.967 (H100).
     """
     summary = run(
         "toy",
-        "sparsegpt-2of4-sau-graddiff",
+        DEMO_RECIPE,
         tmp_path / "out",
         max_new_tokens=48,
         eval_batch_size=64,

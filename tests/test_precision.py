@@ -30,7 +30,8 @@ def _weights(model):
 
 
 def _cfg(**kw):
-    base = {"mode": "sau", "method": "grad_diff", "learning_rate": 1e-5, "max_steps": 20, "batch_size": 2,
+    base = {"mode": "sau", "method": "grad_diff", "retain_weight": 1.0,
+            "learning_rate": 1e-5, "max_steps": 20, "batch_size": 2,
             "device": "cpu", "progress": False, "return_master": True}
     base.update(kw)
     return UnlearnConfig(**base)

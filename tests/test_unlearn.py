@@ -34,7 +34,9 @@ def _weights(model) -> dict[str, torch.Tensor]:
 
 def _cfg(**kw) -> UnlearnConfig:
     # SAU without clipping: these tests check exact trajectories (the defaults are mode masked, clipping at 1.0)
-    base = {"mode": "sau", "max_grad_norm": None, "max_steps": 3, "batch_size": 2, "learning_rate": 1e-3,
+    # GradDiff with retain weight 1 (the defaults before pretrained models chose NPO and 5): exact trajectories
+    base = {"mode": "sau", "method": "grad_diff", "retain_weight": 1.0,
+            "max_grad_norm": None, "max_steps": 3, "batch_size": 2, "learning_rate": 1e-3,
             "device": "cpu", "progress": False}
     base.update(kw)
     return UnlearnConfig(**base)

@@ -31,7 +31,8 @@ def _weights(model):
 
 
 def _cfg(**kw):
-    base = {"mode": "sau", "max_grad_norm": None, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
+    base = {"mode": "sau", "method": "grad_diff", "retain_weight": 1.0,
+            "max_grad_norm": None, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
             "learning_rate": 1e-2, "batch_size": 2, "max_steps": 1, "device": "cpu", "progress": False}
     base.update(kw)
     return UnlearnConfig(**base)

@@ -60,7 +60,8 @@ def pruned(tiny_model):
 
 
 def _cfg(**kw) -> UnlearnConfig:
-    base = {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, "device": "cpu", "progress": False,
+    base = {"method": "grad_diff", "retain_weight": 1.0,
+            "max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, "device": "cpu", "progress": False,
             "mode": "topk"}
     base.update(kw)
     return UnlearnConfig(**base)

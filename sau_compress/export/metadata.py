@@ -142,6 +142,7 @@ def unlearning_record(
     after: dict[str, Any] | None = None,
     result: Any = None,
     prompt_format: str | None = None,
+    pruned: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``unlearning`` entry of the sidecar.
 
@@ -152,6 +153,7 @@ def unlearning_record(
     :param result: the ``UnlearnResult`` (steps, losses, timings, pattern check) or its dict
     :param prompt_format: the resolved prompt format the forget set was tokenized and evaluated in
         (``plain`` | ``chat``); recorded when given
+    :param pruned: metrics of the model right after pruning, right before unlearning (recorded when given)
     :return: JSON-able dict
     """
     hyper = jsonable(config, "config")
@@ -165,6 +167,9 @@ def unlearning_record(
         "forget_set_size": len(forget),
         "metrics": {"before": jsonable(before, "before"), "after": jsonable(after, "after")},
     }
+    if pruned is not None:
+        record["metrics"] = {"before": record["metrics"]["before"], "pruned": jsonable(pruned, "pruned"),
+                             "after": record["metrics"]["after"]}
     if prompt_format is not None:
         record["prompt_format"] = prompt_format
     if result is not None:

@@ -76,7 +76,7 @@ if job["engine"] == "vllm":
               seed=0)
     tokenizer = llm.get_tokenizer()
     params = SamplingParams(temperature=0.0, max_tokens=job["max_new_tokens"], ignore_eos=True)
-    results = llm.generate([{"prompt_token_ids": ids} for ids in job["prompt_ids"]], params)
+    results = llm.generate([{"prompt_token_ids": ids} for ids in job["prompt_ids"]], params, use_tqdm=False)
     out["tokens"] = [list(r.outputs[0].token_ids) for r in results]
 else:
     import torch, transformers
@@ -172,7 +172,10 @@ def _prompts(tokenizer: Any, forget: str | None, retain: str | None, n: int) -> 
 
 
 def _run_engine(engine: str, python: str, job: dict[str, Any], timeout: float) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
+    # no TQDM_DISABLE (set by --quiet): vLLM's progress accounting divides by the bar's elapsed time and fails
+    # on a disabled bar ("ZeroDivisionError: division by zero"); the engine's output is captured anyway
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    env.update({"PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"})
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on the CPU; the default takes 4
     # the engine core in this process: a spawned one cannot re-import a `python -c` script
     env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

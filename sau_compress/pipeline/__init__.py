@@ -14,13 +14,18 @@ from __future__ import annotations
 
 from sau_compress.pipeline.audit import audit_model
 from sau_compress.pipeline.commands import (
+    DEMO_MODELS,
     DEMO_RECIPE,
+    PRETRAINED_DEMO_RECIPE,
     build_world,
     compare_runs,
+    default_recipe,
     demo,
     evaluate_model,
     export_model,
+    fetch_model,
     inspect_model,
+    packaged_models,
     verify_model,
 )
 from sau_compress.pipeline.models import TOY_MODELS, load_model_and_tokenizer, pick_device, resolve_model
@@ -39,7 +44,9 @@ from sau_compress.pipeline.run import EXPORT_FORMATS, run
 from sau_compress.pipeline.unlearn import check_unlearn_args, launch_sharded, unlearn_model
 
 __all__ = [
+    "DEMO_MODELS",
     "DEMO_RECIPE",
+    "PRETRAINED_DEMO_RECIPE",
     "EXPORT_FORMATS",
     "SAU_MODIFIER",
     "TOY_MODELS",
@@ -49,10 +56,13 @@ __all__ = [
     "check_unlearn_args",
     "calibration_dataset",
     "compare_runs",
+    "default_recipe",
     "demo",
     "evaluate_model",
     "export_model",
+    "fetch_model",
     "inspect_model",
+    "packaged_models",
     "launch_sharded",
     "list_recipes",
     "load_model_and_tokenizer",

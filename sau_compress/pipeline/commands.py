@@ -15,18 +15,33 @@ from sau_compress.pipeline.models import TOY_MODELS, load_model_and_tokenizer, r
 from sau_compress.pipeline.run import run
 
 __all__ = [
+    "DEMO_MODELS",
     "DEMO_RECIPE",
+    "PRETRAINED_DEMO_RECIPE",
     "build_world",
     "compare_runs",
+    "default_recipe",
     "demo",
     "evaluate_model",
     "export_model",
+    "fetch_model",
     "inspect_model",
+    "packaged_models",
     "verify_model",
 ]
 
-#: the recipe of ``sau-compress demo``
-DEMO_RECIPE = "sparsegpt-2of4-sau-graddiff"
+#: the recipe of ``sau-compress demo`` on the toy world (the toy's own settings)
+DEMO_RECIPE = "toy-sparsegpt-2of4-graddiff"
+#: the recipe of ``sau-compress demo --model NAME`` for a real pretrained model (the bundled default)
+PRETRAINED_DEMO_RECIPE = "sparsegpt-2of4-sau-npo"
+#: the models ``sau-compress demo --model`` runs on
+DEMO_MODELS = ("toy", "smollm2-135m-instruct")
+
+
+def default_recipe(model: str) -> str:
+    """The recipe ``run`` uses when none is named: the toy's own settings for ``toy``/``toy-retain``
+    (:data:`DEMO_RECIPE`), else the bundled default for pretrained models (:data:`PRETRAINED_DEMO_RECIPE`)."""
+    return DEMO_RECIPE if model in TOY_MODELS else PRETRAINED_DEMO_RECIPE
 
 
 def build_world(people: int = 40, seed: int = 0, out: str | os.PathLike[str] | None = None,
@@ -42,20 +57,66 @@ def build_world(people: int = 40, seed: int = 0, out: str | os.PathLike[str] | N
     return build_toy_world(people=people, seed=seed, out=out, force=force, prior_people=prior_people).to_dict()
 
 
-def demo(output: str | os.PathLike[str] | None = None, device: str | None = None) -> dict[str, Any]:
-    """The main job on the embedded default: toy memorizer -> SparseGPT 2:4 -> SAU (GradDiff) -> before/after
-    summary -> export. The default output lives in the user cache and is replaced on each demo run; a folder
-    the caller names is never overwritten.
+def demo(output: str | os.PathLike[str] | None = None, device: str | None = None, model: str = "toy") -> dict[str, Any]:
+    """The main job on a bundled model: prune with SparseGPT 2:4, unlearn (GradDiff), before/after summary,
+    export. The default output lives in the user cache and is replaced on each demo run; a folder the caller
+    names is never overwritten.
 
-    :return: ``toy_world`` (its description) and ``run`` (what :func:`run` returns)
+    - ``toy``: the toy world's memorizer forgets the world's forget people (:data:`DEMO_RECIPE`); the result
+      is written as a ``sparse-24-bitmask`` checkpoint into the output folder;
+    - ``smollm2-135m-instruct``: the real pretrained model (fetched on first use) forgets a handful of world
+      facts it knows and keeps the rest and the real authors it knows (the facts files shipped with the
+      package, :func:`sau_compress.models.demo_facts`), with the bundled default recipe
+      (:data:`PRETRAINED_DEMO_RECIPE`); the output folder gets ``dense/`` (what current vLLM serves) and
+      ``sparse-24-bitmask/``.
+
+    :return: ``model``, ``run`` (what :func:`run` returns), and ``toy_world`` (its description) for ``toy`` or
+        ``exports`` (format -> folder) for a pretrained model
+    :raises UserError: a model :data:`DEMO_MODELS` does not name
     """
     from sau_compress.io import cache_dir
-    from sau_compress.worlds import build_toy_world
 
-    world = build_toy_world()
-    target = Path(output) if output is not None else cache_dir() / "demo" / DEMO_RECIPE
-    result = run("toy", DEMO_RECIPE, target, overwrite=output is None, device=device)
-    return {"toy_world": world.to_dict(), "run": result}
+    if model not in DEMO_MODELS:
+        raise UserError(f"unknown demo model '{model}'; choose from {list(DEMO_MODELS)}")
+    if model == "toy":
+        from sau_compress.worlds import build_toy_world
+
+        world = build_toy_world()
+        target = Path(output) if output is not None else cache_dir() / "demo" / DEMO_RECIPE
+        result = run("toy", DEMO_RECIPE, target, overwrite=output is None, device=device)
+        return {"model": model, "toy_world": world.to_dict(), "run": result}
+    from sau_compress.models import demo_facts
+
+    facts = demo_facts(model)
+    target = Path(output) if output is not None else cache_dir() / "demo" / model
+    if output is not None and target.exists():
+        raise OutputExistsError(f"output folder '{target}' already exists; name a new folder")
+    exports = {fmt: target / fmt for fmt in ("dense", "sparse-24-bitmask")}
+    # each export is written atomically; the folder holding them is an ordinary one
+    result = run(model, PRETRAINED_DEMO_RECIPE, exports["dense"], forget=str(facts["forget"]),
+                 retain=str(facts["retain"]), export_format="dense", overwrite=output is None, device=device)
+    export_model(str(exports["dense"]), "sparse-24-bitmask", exports["sparse-24-bitmask"], overwrite=output is None)
+    return {"model": model, "run": result, "exports": {fmt: str(path) for fmt, path in exports.items()}}
+
+
+def fetch_model(name: str, force: bool = False) -> dict[str, Any]:
+    """Fetch a packaged model into the cache (once) and describe it
+    (:func:`sau_compress.models.fetch_packaged_model`)."""
+    from sau_compress.models import fetch_packaged_model
+
+    return fetch_packaged_model(name, force=force)
+
+
+def packaged_models() -> list[dict[str, Any]]:
+    """Each packaged model (:data:`sau_compress.models.PACKAGED_MODELS`) with its folder and whether it is
+    cached."""
+    from dataclasses import asdict
+
+    from sau_compress.models import PACKAGED_MODELS, packaged_model_dir
+    from sau_compress.models.packaged import SOURCE_FILE
+
+    return [{**asdict(spec), "cached": (packaged_model_dir(name) / SOURCE_FILE).is_file(),
+             "path": str(packaged_model_dir(name))} for name, spec in PACKAGED_MODELS.items()]
 
 
 def _is_results(path: str) -> bool:

@@ -164,14 +164,22 @@ def _sets_without_sau(model: str, forget: str | None, retain: str | None) -> dic
     return out
 
 
+#: questions of each set whose greedy answers the before/after summary shows
+SUMMARY_SAMPLES = 3
+
+
 def _summarize(model: Any, tokenizer: Any, sets: dict[str, list[QARecord]], batch_size: int,
-               max_new_tokens: int, prompt_format: str) -> dict[str, float]:
+               max_new_tokens: int, prompt_format: str) -> dict[str, Any]:
     from sau_compress.evaluation import summarize
 
+    was_training = model.training
     model.eval()
-    with torch.no_grad():
-        return summarize(model, tokenizer, sets["forget"], sets["retain"], batch_size=batch_size,
-                         max_new_tokens=max_new_tokens, prompt_format=prompt_format)
+    try:
+        with torch.no_grad():
+            return summarize(model, tokenizer, sets["forget"], sets["retain"], batch_size=batch_size,
+                             max_new_tokens=max_new_tokens, prompt_format=prompt_format, samples=SUMMARY_SAMPLES)
+    finally:
+        model.train(was_training)
 
 
 def eval_sets_for(records: Mapping[str, list[QARecord] | None], eval_limit: int | None,
@@ -188,13 +196,26 @@ def eval_sets_for(records: Mapping[str, list[QARecord] | None], eval_limit: int 
 
 
 def timed_summary(model: Any, tokenizer: Any, sets: dict[str, list[QARecord]], batch_size: int,
-                  max_new_tokens: int, prompt_format: str, timings: dict[str, float], when: str) -> dict[str, float]:
+                  max_new_tokens: int, prompt_format: str, timings: dict[str, float], when: str) -> dict[str, Any]:
     """The before/after summary (:func:`_summarize`), its seconds recorded as ``timings["evaluate_<when>"]``."""
     t = time.perf_counter()
     out = _summarize(model, tokenizer, sets, batch_size, max_new_tokens, prompt_format)
     timings[f"evaluate_{when}"] = time.perf_counter() - t
-    logger.info(f"{when}: {out}")
+    logger.info(f"{when}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items() if isinstance(v, float)))
     return out
+
+
+def prunes_before_unlearning(modifiers: Sequence[Any]) -> bool:
+    """Whether a pruning stage comes before the recipe's first SAU stage (then the run also evaluates the
+    model right after pruning, the baseline its unlearning is measured against)."""
+    from sau_compress.modifier import SparsityAwareUnlearningModifier, is_pruning
+
+    for modifier in modifiers:
+        if isinstance(modifier, SparsityAwareUnlearningModifier):
+            return False
+        if is_pruning(modifier):
+            return True
+    return False
 
 
 def target_layer_stats(model: torch.nn.Module, names: Sequence[str]) -> dict[str, Any]:
@@ -249,17 +270,21 @@ def run(
     :param export_format: ``auto`` (``sparse-24-bitmask`` when every target layer is 2:4, else ``dense``),
         ``sparse-24-bitmask`` or ``dense``
     :param overwrite: replace an existing output folder
-    :param evaluate: compute the before/after summary (ROUGE-L recall and answer NLL on forget and retain)
+    :param evaluate: compute the before/after summary (:func:`sau_compress.evaluation.summarize`)
     :param eval_limit: evaluate on the first ``eval_limit`` records of each set (default: all)
     :param eval_batch_size: prompts per generation batch
     :param max_new_tokens: longest generated answer
     :param device: where to evaluate and unlearn (default: ``cuda`` when available, else ``cpu``); also the
         SAU stage's ``device`` unless the recipe or ``overrides`` set one. llmcompressor's own stages
         (SparseGPT, Wanda, quantization) use its choice: the accelerator when there is one
-    :return: ``output``, ``before``/``after`` (``forget_rouge``, ``retain_rouge``, ``forget_nll``,
-        ``retain_nll``; ``None`` without ``evaluate``), ``sparsity``, ``two_four``, ``pattern_preserved``,
+    :return: ``output``, ``before``/``pruned``/``after`` (:func:`sau_compress.evaluation.summarize` of the
+        input model, of the model right after pruning when a pruning stage precedes the SAU stage (else
+        ``None``), and of the result: ROUGE-L recall, answer NLL, shares of answers that contain the reference,
+        are empty or loop, per set, and a few sample answers; ``None`` without ``evaluate``), ``sparsity``,
+        ``two_four``, ``pattern_preserved``,
         ``format``, ``prompt_format`` (the SAU stages' ``prompt_format`` resolved for the tokenizer: ``plain``
-        or ``chat``; unlearning, saliency, calibration and evaluation all use it), ``seconds``, ``timings``,
+        or ``chat``; unlearning, saliency, calibration and evaluation all use it), ``eos_token`` (what every
+        labelled answer ends with), ``seconds``, ``timings``,
         ``unlearn`` (the SAU result), ``recipe``, ``modifiers``
     """
     from sau_compress.data import load_qa
@@ -290,10 +315,17 @@ def run(
     timings["load"] = time.perf_counter() - t
 
     eval_sets = eval_sets_for(sets, eval_limit, evaluate)
-    before = after = None
+    before = pruned = after = None
     if evaluate:
         before = timed_summary(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format, timings,
                                "before")
+        if jobs and prunes_before_unlearning(built.modifiers):
+            def on_start(model: torch.nn.Module) -> None:
+                nonlocal pruned
+                pruned = timed_summary(model, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format,
+                                       timings, "pruned")
+
+            jobs[0].on_start = on_start
 
     t = time.perf_counter()
     calibration_records = load_qa(calibration) if calibration is not None else sets["retain"]
@@ -318,7 +350,9 @@ def run(
         "modifiers": [type(m).__name__ for m in built.modifiers],
         "format": fmt,
         "prompt_format": prompt_format,
+        "eos_token": tokenizer.eos_token,
         "before": before,
+        "pruned": pruned,
         "after": after,
         "sparsity": stats["sparsity"],
         "two_four": stats["two_four"],
@@ -335,7 +369,7 @@ def run(
     }
     if results:
         metadata["unlearning"] = unlearning_record(saus[0].config, sets["forget"], before, after, results[0],
-                                                   prompt_format=prompt_format)
+                                                   prompt_format=prompt_format, pruned=pruned)
     save_model(net, tokenizer, output, format=fmt, metadata=metadata, overwrite=overwrite)
     timings["save"] = time.perf_counter() - t
     summary["timings"] = timings

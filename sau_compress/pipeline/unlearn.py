@@ -209,6 +209,7 @@ def unlearn_model(
             "model": str(model_path),
             "format": fmt,
             "prompt_format": prompt_format,
+            "eos_token": tokenizer.eos_token,
             "before": before,
             "after": after,
             "sparsity": stats["sparsity"],
