@@ -33,7 +33,7 @@ def demo(
 ) -> None:
     """Run the main job on the toy world: SparseGPT 2:4, SAU, before/after table, 2:4 export.
 
-    The toy world is built on first use (no download); the forget people are unlearned with SAU (GradDiff)
+    The toy world is shipped in the package (no build, no download); the forget people are unlearned with SAU (GradDiff)
     and the result is written as a sparse-24-bitmask checkpoint.
     """
     from sau_compress.pipeline import demo as run_demo

@@ -177,7 +177,7 @@ def export_model(src: str, format: str, output: str | os.PathLike[str], overwrit
     from sau_compress.export import check_format
     from sau_compress.export import export_model as export_folder
 
-    check_format(format)  # before a toy name is resolved, which may build the toy world
+    check_format(format)  # before a toy name is resolved
     return export_folder(_source(src), output, format=format, metadata=metadata, overwrite=overwrite)
 
 
@@ -192,7 +192,7 @@ def verify_model(export: str, engine: str = "transformers", forget: str | None =
                  n: int = 5, max_new_tokens: int = 16) -> dict[str, Any]:
     """Load an export in ``engine`` and compare its greedy tokens with ours
     (:func:`sau_compress.export.verify.verify_export`); the prompts come from ``forget``/``retain``, by default
-    the toy world's sets (built on first use)."""
+    the toy world's sets (the shipped world)."""
     from sau_compress.export.verify import ENGINES, verify_export
 
     if engine not in ENGINES:
