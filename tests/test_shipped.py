@@ -77,7 +77,7 @@ def test_cli_toy_build_reports_the_shipped_checksums_at_once(own_cache):
     assert not own_cache.exists()
 
 
-def test_a_forced_build_says_whether_it_matches_the_shipped_world(tmp_path, own_cache, monkeypatch):
+def test_a_forced_build_says_whether_it_matches_the_shipped_world(tmp_path, own_cache, monkeypatch, warnings):
     """A small world stands for the default one: shipped from a first build, then rebuilt with ``force``."""
     cfg = ToyTrainConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, vocab_size=400,
                          epochs=1, batch_size=32, warmup_steps=1)
@@ -102,3 +102,7 @@ def test_a_forced_build_says_whether_it_matches_the_shipped_world(tmp_path, own_
     (shipped_dir / MANIFEST_FILE).write_text(json.dumps(manifest))
     other = build_toy_world(people=MIN_PEOPLE, seed=3, config=cfg, out=built.root)  # reused, then compared
     assert other.cached and not other.shipped and other.matches_shipped is False
+    assert not warnings
+    changed = build_toy_world(people=MIN_PEOPLE, seed=3, config=cfg)  # the shipped world no longer matches
+    assert changed.shipped and changed.matches_shipped is False
+    assert len(warnings) == 1 and "differ from the shipped world's manifest" in warnings[0]

@@ -60,7 +60,8 @@ def shipped_weights(name: str, shipped_dir: Path | None = None) -> dict[str, str
 
 
 def load_shipped_world(name: str, key: str, shipped_dir: Path | None = None) -> ToyWorld | None:
-    """The shipped world ``name`` if it is shipped under ``key`` (marked ``shipped`` and ``cached``).
+    """The shipped world ``name`` if it is shipped under ``key`` (marked ``shipped`` and ``cached``; whether its
+    weights still match the manifest is :func:`shipped_weights`'s to tell).
 
     :param name: a world's cache folder name
     :param key: its cache key (checked against the shipped ``world.json``)
@@ -72,7 +73,6 @@ def load_shipped_world(name: str, key: str, shipped_dir: Path | None = None) -> 
     world = load_cached_world(shipped_dir / name, key)
     if world is not None:
         world.shipped = True
-        world.matches_shipped = True
     return world
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from loguru import logger
+
 from sau_compress.errors import UserError
 from sau_compress.worlds.cache import ToyWorld, WorldCacheSpec, reuse_world
 from sau_compress.worlds.facts import MIN_PEOPLE, make_people, make_records, qa_corpus, split_people
@@ -85,9 +87,10 @@ def build_toy_world(
     world = shipped or reuse_world(root, key, force, start, "toy", "--out ")
     if world is None:
         world = _build(people, seed, root, key, config, device, prior_people, prior_epochs, start)
-    if not world.shipped:
-        reference = shipped_weights(name)
-        world.matches_shipped = None if reference is None else world.weights_sha256 == reference
+    reference = shipped_weights(name)
+    world.matches_shipped = None if reference is None else world.weights_sha256 == reference
+    if world.shipped and not world.matches_shipped:
+        logger.warning(f"the weights in '{world.root}' differ from the shipped world's manifest: they were changed")
     world.seconds = time.perf_counter() - start
     return world
 
