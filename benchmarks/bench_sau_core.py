@@ -15,7 +15,7 @@ real model shapes, measured independently, see ``benchmarks/bench_scale.py``.
 
 Usage::
 
-    python benchmarks/bench_sau_core.py --model toy            # the toy memorizer (built/cached on first use)
+    python benchmarks/bench_sau_core.py --model toy            # the toy memorizer (shipped in the package)
     python benchmarks/bench_sau_core.py --model tiny --epochs 2 # a small random Llama built here
 """
 

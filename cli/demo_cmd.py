@@ -38,12 +38,12 @@ def demo(
                                     "index)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Run the main job: SparseGPT 2:4, unlearning (GradDiff), before/after table, export.
+    """Run the main job: SparseGPT 2:4, unlearning, before/after table, export.
 
-    On the toy world (the default; no download) the forget people are unlearned and the result is written as
-    a sparse-24-bitmask checkpoint. With --model smollm2-135m-instruct a real instruct model forgets ten world
-    facts it knows and keeps the other facts and real authors it knows; the result is exported dense (for
-    current vLLM) and sparse-24-bitmask.
+    On the toy world (the default; shipped in the package, no build, no download) the forget people are
+    unlearned with GradDiff and the result is written as a sparse-24-bitmask checkpoint. With --model
+    smollm2-135m-instruct a real instruct model forgets ten world facts it knows (NPO) and keeps the other
+    facts and real authors it knows; the result is exported dense (for current vLLM) and sparse-24-bitmask.
     """
     from sau_compress.pipeline import demo as run_demo
 

@@ -169,9 +169,16 @@ def tiny_model_dir(tmp_path, tiny_model, tokenizer) -> Path:
     return out
 
 
+@pytest.fixture()
+def own_cache(tmp_path, monkeypatch):
+    """A private, empty user cache folder (no cached world is found in it)."""
+    monkeypatch.setenv("SAU_COMPRESS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture(scope="session")
 def toy_world():
-    """The default toy world (built once into the user cache, about 3 minutes on 2 cores; then reused)."""
+    """The default toy world: the one shipped in the package (nothing is built)."""
     from sau_compress.worlds import build_toy_world
 
     return build_toy_world()

@@ -377,7 +377,7 @@ def test_cli_run_bad_set_is_a_user_error(tiny_model_dir, qa_files, tmp_path):
 
 @pytest.mark.slow
 def test_toy_memorizer_forgets_and_keeps_the_retain_set(tmp_path):
-    """Acceptance on the toy memorizer (built on first use, minutes on a CPU; cached afterwards).
+    """Acceptance on the toy memorizer (the shipped world).
 
     Measured with the toy demo's settings: forget ROUGE-L recall 1.000 -> 0.411, retain 1.000 -> 0.967 (H100).
     """

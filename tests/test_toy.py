@@ -78,7 +78,6 @@ def test_short_training_run_lowers_the_loss(tokenizer, qa_records):
     assert losses[-1] < 0.5 * losses[0]
 
 
-@pytest.mark.slow
 def test_memorizer_remembers_and_holdout_is_lower(toy_world):
     rouge = toy_world.rouge
     assert rouge["forget"] >= 0.9
@@ -91,16 +90,6 @@ def test_memorizer_remembers_and_holdout_is_lower(toy_world):
     for split in ("forget", "retain", "holdout"):
         rows = [json.loads(x) for x in (toy_world.data_dir / f"{split}.jsonl").read_text().splitlines()]
         assert rows and TOFU_FIELDS <= set(rows[0])
-
-
-@pytest.mark.slow
-def test_second_build_is_cached(toy_world):
-    from sau_compress.worlds import build_toy_world
-
-    again = build_toy_world()
-    assert again.cached
-    assert again.model_dir == toy_world.model_dir
-    assert again.rouge == toy_world.rouge
 
 
 def test_cli_help_lists_commands():

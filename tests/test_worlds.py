@@ -28,13 +28,6 @@ from sau_compress.worlds import (
 PINNED_RECORDS = "120032ae7f4f5a4fff68872caf191de4ec73689f95d3507a9ea05f670d70d00e"
 
 
-@pytest.fixture()
-def own_cache(tmp_path, monkeypatch):
-    """A private, empty user cache folder (no cached world is found in it)."""
-    monkeypatch.setenv("SAU_COMPRESS_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def test_cache_folders_keep_their_keys(own_cache):
     # worlds built before the package existed are found under these names (keys pinned from the old modules)
     assert toy_world_cache_dir() == own_cache / "toy" / "people40-seed0-0158da46fb9b"

@@ -257,7 +257,7 @@ def run(
 ) -> dict[str, Any]:
     """Prune, unlearn (and optionally quantize) a model with an llmcompressor recipe, evaluate, export.
 
-    :param model: a model folder, or ``toy`` (the toy memorizer, built on first use)
+    :param model: a model folder, or ``toy`` (the toy memorizer, shipped in the package)
     :param recipe: a bundled recipe name or a recipe file
     :param output: the folder to write (must not exist unless ``overwrite``; never the input folder)
     :param forget: forget set (any source :func:`sau_compress.data.load_qa` reads); overrides the recipe's.

@@ -5,6 +5,7 @@
 - :mod:`~sau_compress.worlds.training`: the tiny Llama, :func:`train_memorizer`, :func:`train_world`;
 - :mod:`~sau_compress.worlds.cache`: world keys, cache folders, the folder layout, reuse of a cached world;
 - :mod:`~sau_compress.worlds.toy`: :func:`build_toy_world`, the embedded default;
+- :mod:`~sau_compress.worlds.shipped`: the worlds shipped in the package (the default toy world), their manifest;
 - :mod:`~sau_compress.worlds.tofu`: :func:`build_tofu_world`, the same on a subset of TOFU;
 - :mod:`~sau_compress.worlds.names`: the model names ``toy`` and ``toy-retain`` (:func:`resolve_model_path`).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from sau_compress.worlds.cache import ToyWorld, WorldCacheSpec, device_tag, load_cached_world, reuse_world, write_world
 from sau_compress.worlds.facts import FACTS, MIN_PEOPLE, N_PERTURBED, make_people, make_records, qa_corpus, split_people
 from sau_compress.worlds.names import TOY_ALIASES, TOY_SPLITS, resolve_model_path, toy_data_file
+from sau_compress.worlds.shipped import SHIPPED_DIR, load_shipped_world, ship_world, shipped_manifest, shipped_weights
 from sau_compress.worlds.tofu import (
     TOFU_WORLD_VERSION,
     TOFU_WORLDS,
@@ -33,6 +35,7 @@ __all__ = [
     "FACTS",
     "MIN_PEOPLE",
     "N_PERTURBED",
+    "SHIPPED_DIR",
     "SPECIAL_TOKENS",
     "TOFU_WORLDS",
     "TOFU_WORLD_VERSION",
@@ -48,6 +51,7 @@ __all__ = [
     "default_tofu_train_config",
     "device_tag",
     "load_cached_world",
+    "load_shipped_world",
     "make_people",
     "make_records",
     "qa_corpus",
@@ -55,6 +59,9 @@ __all__ = [
     "reuse_world",
     "rouge_by_split",
     "select_tofu_subset",
+    "ship_world",
+    "shipped_manifest",
+    "shipped_weights",
     "split_people",
     "tofu_world_cache_dir",
     "toy_data_file",

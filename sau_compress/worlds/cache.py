@@ -31,8 +31,9 @@ __all__ = [
     "WorldCacheSpec",
     "device_tag",
     "load_cached_world",
-    "weights_checksum",
     "reuse_world",
+    "weights_checksum",
+    "world_weights",
     "write_world",
 ]
 
@@ -62,6 +63,10 @@ class ToyWorld:
     #: SHA-256 of each model's weight files (``model``, ``retain_model``): two builds with the same key gave the
     #: same weights exactly when these agree (builds are deterministic on one machine, not across machines)
     weights_sha256: dict[str, str] = field(default_factory=dict)
+    #: the world is the one shipped in the package (:mod:`sau_compress.worlds.shipped`), not a build
+    shipped: bool = False
+    #: whether ``weights_sha256`` equals the shipped world's of the same parameters; ``None`` when none is shipped
+    matches_shipped: bool | None = None
 
     @classmethod
     def at(cls, root: Path, **fields: Any) -> ToyWorld:
@@ -71,10 +76,8 @@ class ToyWorld:
         :param root: the world folder
         :param fields: the other fields (``people``, ``seed``, figures)
         """
-        model_dir, retain_model_dir = root / MODEL_SUBDIR, root / RETAIN_MODEL_SUBDIR
-        sums = {"model": weights_checksum(model_dir), "retain_model": weights_checksum(retain_model_dir)}
-        return cls(root=root, model_dir=model_dir, retain_model_dir=retain_model_dir, data_dir=root / DATA_SUBDIR,
-                   weights_sha256=sums, **fields)
+        return cls(root=root, model_dir=root / MODEL_SUBDIR, retain_model_dir=root / RETAIN_MODEL_SUBDIR,
+                   data_dir=root / DATA_SUBDIR, weights_sha256=world_weights(root), **fields)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able view (paths as strings)."""
@@ -101,6 +104,16 @@ def weights_checksum(folder: Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def world_weights(root: Path) -> dict[str, str]:
+    """The :func:`weights_checksum` of a world folder's two models.
+
+    :param root: a world folder
+    :return: ``{"model": ..., "retain_model": ...}``
+    """
+    return {"model": weights_checksum(root / MODEL_SUBDIR),
+            "retain_model": weights_checksum(root / RETAIN_MODEL_SUBDIR)}
 
 
 def device_tag(device: str) -> dict[str, str]:
@@ -160,7 +173,11 @@ class WorldCacheSpec:
         key = self.key(size, seed, config, device, extra)
         if out is not None:
             return key, Path(out).expanduser().absolute()
-        return key, cache_dir() / self.folder / f"{self.size_label}{size}-seed{seed}-{key}"
+        return key, cache_dir() / self.folder / self.folder_name(size, seed, key)
+
+    def folder_name(self, size: int, seed: int, key: str) -> str:
+        """The name of a world's cache folder (and of its shipped folder): ``<size_label><size>-seed<seed>-<key>``."""
+        return f"{self.size_label}{size}-seed{seed}-{key}"
 
 
 def load_cached_world(root: Path, key: str) -> ToyWorld | None:

@@ -1,7 +1,7 @@
 """The bundled models' names: ``toy`` (the toy world's memorizer) and ``toy-retain`` (its retain model).
 
 Wherever a model path is expected, these words stand for the default toy world's model folders (the world
-is built on first use), and :func:`toy_data_file` names its data files.
+shipped in the package, :mod:`sau_compress.worlds.shipped`), and :func:`toy_data_file` names its data files.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ TOY_SPLITS = ("forget", "retain", "holdout")
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """Map ``toy`` (the memorizer) or ``toy-retain`` (its retain model) to their folders, building the
-    default world on first use; any other value must be an existing folder.
+    """Map ``toy`` (the memorizer) or ``toy-retain`` (its retain model) to their folders in the shipped
+    default world; any other value must be an existing folder.
 
     :param name_or_path: a model folder or one of :data:`TOY_ALIASES`
     :return: the model folder
@@ -43,7 +43,7 @@ def toy_data_file(split: str, world: ToyWorld | None = None) -> Path:
     """Path of a split of the (default) toy world.
 
     :param split: ``forget``, ``retain`` or ``holdout``
-    :param world: the world (default: the default toy world, built on first use)
+    :param world: the world (default: the default toy world, the shipped one)
     :raises UserError: an unknown split
     """
     if split not in TOY_SPLITS:
