@@ -59,8 +59,9 @@ def build_world(people: int = 40, seed: int = 0, out: str | os.PathLike[str] | N
 
 
 def demo(output: str | os.PathLike[str] | None = None, device: str | None = None, model: str = "toy") -> dict[str, Any]:
-    """The main job on a bundled model: prune with SparseGPT 2:4, unlearn, before/after summary, export. The default output lives in the user cache and is replaced on each demo run; a folder the caller
-    names is never overwritten.
+    """The main job on a bundled model: prune with SparseGPT 2:4, unlearn, before/after summary, export. The
+    default output lives in the user cache and is replaced on each demo run; a folder the caller names is never
+    overwritten.
 
     - ``toy``: the shipped toy world's memorizer forgets the world's forget people with GradDiff
       (:data:`DEMO_RECIPE`), on one CPU thread with torch's deterministic algorithms; the result is written as
@@ -68,8 +69,8 @@ def demo(output: str | os.PathLike[str] | None = None, device: str | None = None
     - ``smollm2-135m-instruct``: the real pretrained model (fetched on first use) forgets a handful of world
       facts it knows and keeps the rest and the real authors it knows (the facts files shipped with the
       package, :func:`sau_compress.models.demo_facts`), with the bundled default recipe
-      (:data:`PRETRAINED_DEMO_RECIPE`: NPO with a retain term); the output folder gets ``dense/`` (what current vLLM serves) and
-      ``sparse-24-bitmask/``.
+      (:data:`PRETRAINED_DEMO_RECIPE`: NPO with a retain term); the output folder gets ``dense/`` (what
+      current vLLM serves) and ``sparse-24-bitmask/``.
 
     :return: ``model``, ``run`` (what :func:`run` returns), and ``toy_world`` (its description) for ``toy`` or
         ``exports`` (format -> folder) for a pretrained model
