@@ -34,6 +34,8 @@ def _render_run(result: dict[str, Any]) -> None:
         else result["pattern_preserved"],
         "seconds": result["seconds"],
     }
+    for split, kept in (result.get("kept") or {}).items():
+        rows[f"{split} facts the pruned model stated, still stated"] = f"{kept['still']} of {kept['stated']}"
     console.print(kv_table("sau-compress run", rows))
     if result.get("before") and result.get("after"):
         console.print(before_after_table(result))

@@ -55,3 +55,16 @@ def test_is_empty():
 ])
 def test_loops(generation, expected):
     assert loops(generation) is expected
+
+
+def test_kept_facts_compares_fact_by_fact():
+    from sau_compress.evaluation import kept_facts
+
+    start = {"contained": {"forget": [True, True, False, True], "retain": [False, False]}}
+    end = {"contained": {"forget": [False, True, True, False], "retain": [True, False]}}
+    assert kept_facts(start, end) == {
+        "forget": {"stated": 3, "still": 1, "share": 1 / 3},  # the third fact came back but was not stated before
+        "retain": {"stated": 0, "still": 0, "share": None},
+    }
+    with pytest.raises(ValueError):  # the same sets, in the same order, or nothing to compare
+        kept_facts(start, {"contained": {"forget": [True], "retain": [True, True]}})

@@ -133,7 +133,8 @@ def test_run_quiet_prune_only_prints_one_json_line(tiny_model_dir, qa_files, tmp
     assert summary["modifiers"] == ["SparseGPTModifier"] and summary["format"] == "sparse-24-bitmask"
     assert summary["pattern_preserved"] is None and summary["unlearn"] is None
     assert summary["two_four"] is True and summary["sparsity"] == 0.5
-    assert set(summary["before"]) == {f"{s}_{k}" for s in ("forget", "retain") for k in SUMMARY_KEYS} | {"samples"}
+    keys = {f"{s}_{k}" for s in ("forget", "retain") for k in SUMMARY_KEYS} | {"samples", "contained"}
+    assert set(summary["before"]) == keys
     assert summary["pruned"] is None  # no SAU stage: no model right before unlearning
     # warnings only: no INFO or METRIC line, no progress bar
     assert all(" | WARNING - " in line for line in res.stderr.splitlines()), res.stderr

@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from sau_compress.cli.app import app
+from sau_compress.errors import OutputExistsError, UserError
 from sau_compress.pipeline import DEMO_RECIPE, commands
 from sau_compress.worlds import SHIPPED_DIR
 
@@ -62,3 +63,36 @@ def test_the_demo_gives_the_figures_the_readme_states(tmp_path):
     assert abs(after["forget_rouge"] - forget) <= 0.02, (after, forget)
     assert abs(after["retain_rouge"] - retain) <= 0.02, (after, retain)
     assert (tmp_path / "demo" / "config.json").is_file()
+
+
+def test_the_pretrained_demo_runs_the_default_recipe_on_the_shipped_facts_and_exports_both(tmp_path, monkeypatch):
+    from sau_compress.models import demo_facts
+    from sau_compress.pipeline import PRETRAINED_DEMO_RECIPE
+
+    calls = []
+
+    def run_spy(model, recipe, output, **kwargs):
+        calls.append(("run", model, recipe, output, kwargs))
+        return {"after": {}}
+
+    def export_spy(src, fmt, output, overwrite=False):
+        calls.append(("export", src, fmt, output, overwrite))
+
+    monkeypatch.setattr(commands, "run", run_spy)
+    monkeypatch.setattr(commands, "export_model", export_spy)
+    facts = demo_facts("smollm2-135m-instruct")
+    out = tmp_path / "smol"
+    result = commands.demo(out, "cpu", model="smollm2-135m-instruct")
+    assert calls == [
+        ("run", "smollm2-135m-instruct", PRETRAINED_DEMO_RECIPE, out / "dense",
+         {"forget": str(facts["forget"]), "retain": str(facts["retain"]), "export_format": "dense",
+          "overwrite": False, "device": "cpu"}),
+        ("export", str(out / "dense"), "sparse-24-bitmask", out / "sparse-24-bitmask", False),
+    ]
+    assert result == {"model": "smollm2-135m-instruct", "run": {"after": {}},
+                      "exports": {"dense": str(out / "dense"), "sparse-24-bitmask": str(out / "sparse-24-bitmask")}}
+    out.mkdir(exist_ok=True)  # a folder the caller names is never overwritten
+    with pytest.raises(OutputExistsError, match="already exists"):
+        commands.demo(out, "cpu", model="smollm2-135m-instruct")
+    with pytest.raises(UserError, match=r"unknown demo model 'gpt2'; choose from \['toy', 'smollm2-135m-instruct'\]"):
+        commands.demo(out, "cpu", model="gpt2")

@@ -210,10 +210,15 @@ def test_run_end_to_end_leaves_the_input_untouched(tiny_model_dir, tiny_recipe, 
     assert summary["modifiers"] == ["SparseGPTModifier", SAU_MODIFIER]
     assert summary["pattern_preserved"] is True and summary["two_four"] is True and summary["sparsity"] == 0.5
     assert summary["unlearn"]["steps"] == 2  # --set beat the recipe's max_steps: 3
-    keys = {f"{s}_{k}" for s in ("forget", "retain") for k in SUMMARY_KEYS} | {"samples"}
+    keys = {f"{s}_{k}" for s in ("forget", "retain") for k in SUMMARY_KEYS} | {"samples", "contained"}
     for key in ("before", "pruned", "after"):  # the pruned model is evaluated right before the SAU stage
         assert set(summary[key]) == keys
     assert summary["after"]["forget_nll"] > summary["pruned"]["forget_nll"]
+    for split in ("forget", "retain"):  # of the facts the pruned model stated, how many the result still states
+        stated, last = summary["pruned"]["contained"][split], summary["after"]["contained"][split]
+        still = sum(a and b for a, b in zip(stated, last, strict=True))
+        assert summary["kept"][split] == {"stated": sum(stated), "still": still,
+                                          "share": still / sum(stated) if sum(stated) else None}
     first_forget = json.loads(qa_files["forget"].read_text().splitlines()[0])
     assert summary["pruned"]["samples"]["forget"][0]["question"] == first_forget["question"]
     sidecar = json.loads((out / "sau_compress.json").read_text())

@@ -48,7 +48,8 @@ def test_unlearn_writes_a_2of4_export_and_a_second_request_is_recorded_after_the
     assert (a["format"], a["two_four"], a["sparsity"], a["pattern_preserved"], a["requests"]) == (
         "sparse-24-bitmask", True, 0.5, True, 1)
     assert a["unlearn"]["steps"] == 3
-    assert set(a["before"]) == {f"{s}_{k}" for s in ("forget", "retain") for k in SUMMARY_KEYS} | {"samples"}
+    keys = {f"{s}_{k}" for s in ("forget", "retain") for k in SUMMARY_KEYS} | {"samples", "contained"}
+    assert set(a["before"]) == keys
     source, out_a = read_state_dict(pruned_dir), read_state_dict(tmp_path / "A")
     assert all(torch.equal(z, _zeros(out_a)[name]) for name, z in _zeros(source).items())
     moved = [name for name in _zeros(source) if not torch.equal(source[name], out_a[name])]

@@ -31,7 +31,7 @@ from sau_compress.evaluation.suite import (
     load_suite_data,
     suite_specs,
 )
-from sau_compress.evaluation.summary import SUMMARY_KEYS, summarize
+from sau_compress.evaluation.summary import SUMMARY_KEYS, kept_facts, summarize
 
 __all__ = [
     "METRICS",
@@ -48,6 +48,7 @@ __all__ = [
     "generate_answers",
     "get_metric",
     "harmonic_mean",
+    "kept_facts",
     "ks_pvalue",
     "load_eval",
     "load_metrics",

@@ -177,7 +177,8 @@ def _summarize(model: Any, tokenizer: Any, sets: dict[str, list[QARecord]], batc
     try:
         with torch.no_grad():
             return summarize(model, tokenizer, sets["forget"], sets["retain"], batch_size=batch_size,
-                             max_new_tokens=max_new_tokens, prompt_format=prompt_format, samples=SUMMARY_SAMPLES)
+                             max_new_tokens=max_new_tokens, prompt_format=prompt_format, samples=SUMMARY_SAMPLES,
+                             verdicts=True)
     finally:
         model.train(was_training)
 
@@ -283,7 +284,9 @@ def run(
         are empty or loop, per set, and a few sample answers; ``None`` without ``evaluate``), ``sparsity``,
         ``two_four``, ``pattern_preserved``,
         ``format``, ``prompt_format`` (the SAU stages' ``prompt_format`` resolved for the tokenizer: ``plain``
-        or ``chat``; unlearning, saliency, calibration and evaluation all use it), ``eos_token`` (what every
+        or ``chat``; unlearning, saliency, calibration and evaluation all use it), ``kept`` (per set, of the
+        facts the pruned model stated, how many the result still states; ``None`` without a ``pruned``
+        summary), ``eos_token`` (what every
         labelled answer ends with), ``seconds``, ``timings``,
         ``unlearn`` (the SAU result), ``recipe``, ``modifiers``
     """
@@ -341,6 +344,11 @@ def run(
         after = timed_summary(net, tokenizer, eval_sets, eval_batch_size, max_new_tokens, prompt_format, timings,
                               "after")
 
+    kept = None
+    if pruned is not None and after is not None:
+        from sau_compress.evaluation import kept_facts
+
+        kept = kept_facts(pruned, after)
     quantized = any(getattr(m, "quantization_scheme", None) is not None for m in net.modules())
     fmt = pick_export_format(export_format, stats, quantized)
     summary: dict[str, Any] = {
@@ -354,6 +362,8 @@ def run(
         "before": before,
         "pruned": pruned,
         "after": after,
+        # of the facts the pruned model still stated, how many the result states: what unlearning removed/kept
+        "kept": kept,
         "sparsity": stats["sparsity"],
         "two_four": stats["two_four"],
         "quantized": quantized,
