@@ -17,7 +17,7 @@ __all__ = [
     "TOKENIZER_FILES", "TOY_MODELS", "load_model_and_tokenizer", "load_tokenizer", "pick_device", "resolve_model",
 ]
 
-#: Model names that mean the embedded toy world's memorizer and its retain model (built on first use).
+#: Model names that mean the embedded toy world's memorizer and its retain model (shipped in the package).
 TOY_MODELS = tuple(TOY_ALIASES)
 
 
