@@ -128,3 +128,10 @@ def test_hub_id_without_a_hub_is_a_clear_error(monkeypatch):
     with pytest.raises(InputNotFoundError, match=r"model 'org/model' is not a local folder and could not be "
                                                  r"downloaded from the hub \(Cannot reach the hub"):
         resolve_model_path("org/model")
+
+
+def test_the_toy_names_are_the_worlds():
+    from sau_compress.models.resolve import TOY_NAMES
+    from sau_compress.worlds import TOY_ALIASES
+
+    assert TOY_NAMES == tuple(TOY_ALIASES)

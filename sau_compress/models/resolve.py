@@ -30,28 +30,22 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
-def _toy_names() -> tuple[str, ...]:
-    from sau_compress.worlds import TOY_ALIASES
-
-    return tuple(TOY_ALIASES)
-
-
+#: the toy world's words (``sau_compress.worlds.TOY_ALIASES``, not imported here: the worlds load lazily)
+TOY_NAMES = ("toy", "toy-retain")
 #: every word that stands for a model (the toy world's and the packaged ones)
-MODEL_NAMES = ("toy", "toy-retain", *PACKAGED_MODELS)
+MODEL_NAMES = (*TOY_NAMES, *PACKAGED_MODELS)
 
 
 def _gguf_folder(path: Path) -> Path:
     """The converted folder of a local GGUF file (converted on first use, cached by its SHA-256)."""
     digest = file_sha256(path)
     folder = cache_dir() / "models" / f"gguf-{digest[:16]}"
-    source = folder / SOURCE_FILE
-    if source.is_file():
+    if (folder / SOURCE_FILE).is_file():
         return folder
     with atomic_output_dir(folder, overwrite=True) as out:
         converted = convert_gguf(path, out)
         record = {"file": path.name, "gguf_sha256": digest, **converted}
-        source_out = out / SOURCE_FILE
-        source_out.write_text(json.dumps(record, indent=2) + "\n")
+        (out / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     logger.info(f"{path} converted into {folder}")
     return folder
 
@@ -78,7 +72,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     :raises UserError: a file that is not a ``.gguf``, or a packaged model that cannot be fetched
     """
     text = str(name_or_path)
-    if text in _toy_names():
+    if text in TOY_NAMES:
         from sau_compress.worlds import resolve_model_path as resolve_toy
 
         return resolve_toy(text)
