@@ -55,7 +55,7 @@ def test_oneshot_output_dir_carries_the_record_and_its_recipe_reruns(tiny_model_
     config = json.loads((saved / "config.json").read_text())
     record = config[CONFIG_RECORD_KEY]["unlearning"]
     forget = [json.loads(line) for line in qa_files["forget"].read_text().splitlines()]
-    assert record["method"] == "grad_diff" and record["mode"] == "sau"
+    assert record["method"] == "npo" and record["mode"] == "sau"  # npo: the default method
     assert record["forget_set_hash"] == forget_set_hash(forget) and record["forget_set_size"] == 2
     assert record["hyperparameters"]["adam_betas"] == [0.8, 0.99] and record["result"]["steps"] == 2
     assert record["prompt_format"] == "plain" and record["result"]["pattern_preserved"] is True

@@ -160,7 +160,7 @@ def test_registry_names_and_errors():
     assert set(METRICS) == {
         "probability", "probability_w_options", "rouge", "truth_ratio", "ks_test", "hm_aggregate",
         "extraction_strength", "exact_memorization", "mia_loss", "mia_zlib", "mia_min_k", "privleak",
-        "perplexity",
+        "perplexity", "contains", "empty_answers", "looping_answers",
     }
     with pytest.raises(ValueError, match="unknown metric 'nope'.*probability"):
         get_metric("nope")

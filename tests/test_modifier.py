@@ -63,6 +63,7 @@ def _sau_stage(forget: Path, retain: Path, **fields) -> str:
         "forget": str(forget),
         "retain": str(retain),
         "method": "grad_diff",
+        "retain_weight": 1.0,  # GradDiff as open-unlearning weighs it (the default, 5, is NPO's on pretrained models)
         "mode": "sau",  # these tests are about SAU itself (the default mode is masked)
         "learning_rate": 3e-3,
         "max_steps": 4,

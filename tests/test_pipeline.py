@@ -230,7 +230,7 @@ def test_run_end_to_end_leaves_the_input_untouched(tiny_model_dir, tiny_recipe, 
         if name.startswith("model.layers.") and isinstance(layer, torch.nn.Linear):
             assert is_2of4(layer.weight) and sparsity(layer.weight) == 0.5, name
     sidecar = json.loads((out / "sau_compress.json").read_text())
-    assert sidecar["unlearning"]["method"] == "grad_diff" and sidecar["unlearning"]["forget_set_size"] == 2
+    assert sidecar["unlearning"]["method"] == "npo" and sidecar["unlearning"]["forget_set_size"] == 2  # default
     # the tiny tokenizer has no chat template: auto is plain, recorded in the summary and the sidecar
     assert summary["prompt_format"] == "plain"
     assert sidecar["unlearning"]["prompt_format"] == "plain"
@@ -317,7 +317,8 @@ def test_run_with_a_chat_tokenizer_uses_chat_everywhere(tiny_recipe, qa_files, t
     assert summary["prompt_format"] == "chat"
     first = json.loads(qa_files["forget"].read_text().splitlines()[0])
     assert seen["job"] == [f"<s><|user|>\n{first['question']}<|end|><|assistant|>\n{first['answer']}<|end|>"]
-    assert seen["calibration"] == ["chat"] and seen["summarize"] == ["chat", "chat"]
+    # before, right after pruning, after
+    assert seen["calibration"] == ["chat"] and seen["summarize"] == ["chat", "chat", "chat"]
     sidecar = json.loads((out / "sau_compress.json").read_text())
     assert sidecar["unlearning"]["prompt_format"] == "chat" and sidecar["metadata"]["run"]["prompt_format"] == "chat"
 
@@ -334,7 +335,9 @@ def test_bundled_recipe_runs(name, tiny_model_dir, qa_files, tmp_path):
         overrides=["max_steps=1", "batch_size=2"],
         evaluate=False,
     )
-    assert summary["pattern_preserved"] is True and summary["sparsity"] == 0.5
+    # SparseGPT's unstructured mask is chosen block by block: about half, not exactly half, of each layer
+    assert summary["pattern_preserved"] is True
+    assert summary["sparsity"] == (pytest.approx(0.5, abs=1e-3) if name.startswith("sparsegpt-50") else 0.5)
     assert summary["two_four"] is ("2of4" in name)
     assert summary["quantized"] is name.endswith("fp8")
     assert summary["format"] == (
