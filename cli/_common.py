@@ -57,6 +57,14 @@ def before_after_table(result: dict[str, Any]) -> Table:
     return table
 
 
+def print_summary(result: dict[str, Any]) -> None:
+    """The before/after table of ``run`` and ``unlearn`` and, when recorded, their sample answers."""
+    console.print(before_after_table(result))
+    samples = samples_table(result)
+    if samples is not None:
+        console.print(samples)
+
+
 def samples_table(result: dict[str, Any]) -> Table | None:
     """A few questions of each set with their greedy answers at each stage (``None`` when not recorded)."""
     stages = [name for name in ("before", "pruned", "after") if (result.get(name) or {}).get("samples")]

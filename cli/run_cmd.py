@@ -11,11 +11,10 @@ from rich.table import Table
 from sau_compress.cli._choices import RunFormat, check_device
 from sau_compress.cli._common import (
     JSON_OPTION,
-    before_after_table,
     console,
     emit,
     kv_table,
-    samples_table,
+    print_summary,
     stdout_to_stderr,
     user_errors,
 )
@@ -38,10 +37,7 @@ def _render_run(result: dict[str, Any]) -> None:
         rows[f"{split} facts the pruned model stated, still stated"] = f"{kept['still']} of {kept['stated']}"
     console.print(kv_table("sau-compress run", rows))
     if result.get("before") and result.get("after"):
-        console.print(before_after_table(result))
-        samples = samples_table(result)
-        if samples is not None:
-            console.print(samples)
+        print_summary(result)
     if result.get("audit"):
         from sau_compress.cli.audit_cmd import render_audit
 

@@ -10,12 +10,11 @@ import typer
 from sau_compress.cli._choices import RunFormat, check_device
 from sau_compress.cli._common import (
     JSON_OPTION,
-    before_after_table,
     console,
     emit,
     err_console,
     kv_table,
-    samples_table,
+    print_summary,
     stdout_to_stderr,
     user_errors,
 )
@@ -39,10 +38,7 @@ def _render(result: dict[str, Any]) -> None:
     }
     console.print(kv_table("sau-compress unlearn", rows))
     if result.get("before") and result.get("after"):
-        console.print(before_after_table(result))
-        samples = samples_table(result)
-        if samples is not None:
-            console.print(samples)
+        print_summary(result)
 
 
 def unlearn(

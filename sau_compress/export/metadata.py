@@ -165,11 +165,10 @@ def unlearning_record(
         "hyperparameters": hyper,
         "forget_set_hash": forget_set_hash(forget),
         "forget_set_size": len(forget),
-        "metrics": {"before": jsonable(before, "before"), "after": jsonable(after, "after")},
+        "metrics": {"before": jsonable(before, "before"),
+                    **({"pruned": jsonable(pruned, "pruned")} if pruned is not None else {}),
+                    "after": jsonable(after, "after")},
     }
-    if pruned is not None:
-        record["metrics"] = {"before": record["metrics"]["before"], "pruned": jsonable(pruned, "pruned"),
-                             "after": record["metrics"]["after"]}
     if prompt_format is not None:
         record["prompt_format"] = prompt_format
     if result is not None:
