@@ -31,18 +31,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import headline_core as core  # noqa: E402
-from headline_report import hypervolume, markdown_table, paired_interval, verdict  # noqa: E402
+from headline_report import hypervolumes, markdown_table, paired_interval, verdict  # noqa: E402
 
 BASELINES = ("dense", "naive")
-
-
-def hypervolumes(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, int], float]:
-    """{(setting, method, variant, seed): hypervolume of all its points over the learning-rate grid}."""
-    points: dict[tuple[str, str, str, int], list[tuple[float, float]]] = defaultdict(list)
-    for r in records:
-        key = (r["setting"], r["method"], r["variant"], r["seed"])
-        points[key] += [(p["fq_score"], p["model_utility"]) for p in r["points"]]
-    return {key: hypervolume(pts) for key, pts in points.items()}
 
 
 def report(records: list[dict[str, Any]]) -> str:

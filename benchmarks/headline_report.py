@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["PAIRED_COLUMNS", "TABLE_COLUMNS", "budget_effects", "comparison_rows", "decision_rows", "group_rows",
-           "hypervolume", "matched_effects", "paired_interval",
+           "hypervolume", "hypervolumes", "matched_effects", "paired_interval",
            "paired_rows", "pareto_front", "plot_sweep", "plot_tradeoffs", "render_markdown", "verdict"]
 
 #: columns of the main table (one row per world, setting, method and mode; mean ± std over seeds)
@@ -197,6 +197,15 @@ def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, f
     return area
 
 
+def hypervolumes(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, int], float]:
+    """{(setting, method, variant, seed): hypervolume of all its points over the learning-rate grid}."""
+    points: dict[tuple[str, str, str, int], list[tuple[float, float]]] = defaultdict(list)
+    for r in records:
+        key = (r["setting"], r["method"], r["variant"], r["seed"])
+        points[key] += [(p["fq_score"], p["model_utility"]) for p in r["points"]]
+    return {key: hypervolume(pts) for key, pts in points.items()}
+
+
 def _fmt_interval(interval: tuple[float, float] | None) -> str:
     return "–" if interval is None else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
 
@@ -304,9 +313,7 @@ def matched_effects(records: Sequence[dict[str, Any]], a: str, b: str,
 def budget_effects(budget_records: Sequence[dict[str, Any]], a: str,
                    b: str) -> dict[tuple[str, str], tuple[float, tuple[float, float] | None] | None]:
     """{(world, setting): (relative gain, its 95% interval)} of configuration ``a`` over ``b`` on the Pareto
-    hypervolume of the fixed-budget protocol, paired by seed (``budget_sweep.hypervolumes``)."""
-    from budget_sweep import hypervolumes
-
+    hypervolume of the fixed-budget protocol, paired by seed (:func:`hypervolumes`)."""
     by_world: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in budget_records:
         by_world[r["world"]].append(r)

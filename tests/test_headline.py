@@ -277,7 +277,8 @@ def test_pareto_front_and_hypervolume_by_hand() -> None:
 
 
 def test_budget_report_pairs_hypervolumes_by_seed() -> None:
-    from budget_sweep import hypervolumes, report
+    from budget_sweep import report
+    from headline_report import hypervolumes
 
     def rec(variant: str, seed: int, lr: float, pts: list[tuple[float, float]]) -> dict:
         return {"setting": "sparsegpt 2:4", "method": "grad_diff", "variant": variant, "seed": seed,
