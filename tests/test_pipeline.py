@@ -174,6 +174,7 @@ def test_output_overlapping_the_input_is_refused(tiny_model_dir, tiny_recipe, qa
 @pytest.mark.slow
 def test_run_end_to_end_leaves_the_input_untouched(tiny_model_dir, tiny_recipe, qa_files, tmp_path, monkeypatch):
     import sau_compress.data
+    import sau_compress.data.loading
     import sau_compress.unlearn.loop
     from sau_compress.export import load_model
 
@@ -189,7 +190,8 @@ def test_run_end_to_end_leaves_the_input_untouched(tiny_model_dir, tiny_recipe, 
 
         monkeypatch.setattr(module, name, wrapper)
 
-    counted(sau_compress.data, "load_qa")
+    counted(sau_compress.data, "load_qa")  # the pipeline's own reads
+    counted(sau_compress.data.loading, "load_qa")  # QASetSpec.load
     counted(sau_compress.unlearn.loop, "capture_packed_masks")
     counted(sau_compress.unlearn.loop, "verify_masks")
     digest = _folder_hash(tiny_model_dir)
