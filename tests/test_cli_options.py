@@ -92,8 +92,8 @@ def test_log_filter_levels():
     try:
         logs._state["verbosity"] = "normal"
         logs._seen.clear()
-        assert logs._show(_record("sau_compress.unlearn.loop", "INFO", "a"))
-        assert not logs._show(_record("sau_compress.unlearn.loop", "DEBUG", "a"))
+        assert logs._show(_record("sau_compress.unlearn.driver", "INFO", "a"))
+        assert not logs._show(_record("sau_compress.unlearn.driver", "DEBUG", "a"))
         assert not logs._show(_record("llmcompressor.core", "INFO", "b"))
         assert not logs._show(_record("llmcompressor.modifiers.pruning", "METRIC", "error 3.1"))
         assert logs._show(_record("llmcompressor.utils", "WARNING", "No accelerator"))

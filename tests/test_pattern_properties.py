@@ -117,8 +117,8 @@ def _check(before: dict[str, torch.Tensor], params: dict[str, nn.Parameter], mas
 )
 def test_random_steps_keep_the_pattern(masks, mode, optimizer, dtype, weight_decay, max_grad_norm, lr, saliency,
                                        topk_ratio, alpha, pruned_total, grad_scale, steps, seed):
-    """The selection and the optimizer step as the loop builds them (``unlearn/loop.py``: ``_select``,
-    ``_make_optimizer``, ``_train``), with random finite gradients."""
+    """The selection and the optimizer step as the loop builds them (``unlearn/modes.py``: ``Selection.select``,
+    ``mode_optimizer``; ``unlearn/runner.py``: ``Runner._train``), with random finite gradients."""
     gen = torch.Generator().manual_seed(seed)
     params = _weights(masks, DTYPES[dtype], seed)
     before = {name: p.detach().clone() for name, p in params.items()}

@@ -175,7 +175,7 @@ def test_output_overlapping_the_input_is_refused(tiny_model_dir, tiny_recipe, qa
 def test_run_end_to_end_leaves_the_input_untouched(tiny_model_dir, tiny_recipe, qa_files, tmp_path, monkeypatch):
     import sau_compress.data
     import sau_compress.data.loading
-    import sau_compress.unlearn.loop
+    import sau_compress.unlearn.runner
     from sau_compress.export import load_model
 
     # one forget set through the whole path: each file read once, masks captured once, verified once
@@ -192,8 +192,8 @@ def test_run_end_to_end_leaves_the_input_untouched(tiny_model_dir, tiny_recipe, 
 
     counted(sau_compress.data, "load_qa")  # the pipeline's own reads
     counted(sau_compress.data.loading, "load_qa")  # QASetSpec.load
-    counted(sau_compress.unlearn.loop, "capture_packed_masks")
-    counted(sau_compress.unlearn.loop, "verify_masks")
+    counted(sau_compress.unlearn.runner, "capture_packed_masks")
+    counted(sau_compress.unlearn.runner, "verify_masks")
     digest = _folder_hash(tiny_model_dir)
     out = tmp_path / "out"
     summary = run(

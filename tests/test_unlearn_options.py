@@ -85,20 +85,20 @@ def test_contrastive_saliency_changes_g_and_needs_a_retain_set(pruned, qa_items)
 
 def test_contrastive_reads_as_many_retain_batches_as_forget_batches_spread_over_the_retain_set(
         pruned, qa_items, monkeypatch):
-    import sau_compress.unlearn.loop as loop
+    import sau_compress.unlearn.modes as modes
     from sau_compress.data import spread_batches
 
     assert spread_batches(10, 3, 2) == [[0, 1, 3], [5, 6, 8]]
     assert spread_batches(5, 4, 3) == [[0, 1, 2, 3], [4]]  # a smaller set: all of it
     data, pad = qa_items
     seen: list[tuple[str, list[list[int]]]] = []
-    real = loop.compute_fisher
+    real = modes.compute_fisher
 
     def spy(params, batches, nll, **kw):
         seen.append((kw["desc"], [list(b) for b in batches]))
         return real(params, batches, nll, **kw)
 
-    monkeypatch.setattr(loop, "compute_fisher", spy)
+    monkeypatch.setattr(modes, "compute_fisher", spy)
     unlearn(clone_model(pruned), data[:2], data[2:6], _cfg(saliency="contrastive"), pad_token_id=pad)
     assert seen == [("saliency", [[0, 1]]), ("saliency (retain)", [[0, 2]])]
     seen.clear()
