@@ -1,5 +1,6 @@
 """The one-way import rule of ``docs/architecture.md``, read from the source with ``ast`` (lazy imports
-inside functions count too), and no import circle between modules."""
+inside functions count too), no import circle between modules (of the package, and of ``benchmarks/``), and
+no module of the package over :data:`MAX_LINES` lines."""
 
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ ALLOWED = {
 }
 #: the only modules of lower layers the CLI may name: the version, the error types and the log levels
 CLI_EXTRA = {"sau_compress", "sau_compress.errors", "sau_compress.logs"}
+#: the most lines a file of the package may have (``wc -l``)
+MAX_LINES = 450
 
 
 def _modules() -> dict[str, Path]:
@@ -92,7 +95,8 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_every_module_has_a_layer():
-    assert "sau_compress.unlearn.driver" in MODULES and "sau_compress.cli.run_cmd" in MODULES
+    assert "sau_compress.unlearn.driver" in MODULES and "sau_compress.data.prompts" in MODULES
+    assert "sau_compress.cli.run_cmd" in MODULES
     for module in MODULES:
         assert _layer(module) in ALLOWED, module
 
@@ -109,26 +113,71 @@ def test_imports_follow_the_layer_rule(module):
     assert not bad, f"{module} ({layer}) imports against docs/architecture.md: {bad}"
 
 
-def test_no_import_circle():
-    graph = {m: {t for t in _imports(p) if t in MODULES and t != "sau_compress" and t != m} for m, p in MODULES.items()}
+def _circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """The first import circle of ``graph`` (``[a, b, ..., a]``), or ``None``."""
     state: dict[str, int] = {}
     stack: list[str] = []
 
-    def visit(node: str) -> None:
+    def visit(node: str) -> list[str] | None:
         state[node] = 1
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
-                pytest.fail("import circle: " + " -> ".join(cycle))
-            if nxt not in state:
-                visit(nxt)
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)) is not None:
+                return found
         stack.pop()
         state[node] = 2
+        return None
 
     for module in sorted(graph):
-        if module not in state:
-            visit(module)
+        if module not in state and (found := visit(module)) is not None:
+            return found
+    return None
+
+
+def test_circle_finder():
+    assert _circle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert _circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _circle({"a": set(), "b": {"c"}, "c": {"b"}}) == ["b", "c", "b"]
+
+
+def test_no_import_circle():
+    graph = {m: {t for t in _imports(p) if t in MODULES and t != "sau_compress" and t != m} for m, p in MODULES.items()}
+    cycle = _circle(graph)
+    assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def _benchmark_graph() -> dict[str, set[str]]:
+    """Which ``benchmarks/*.py`` scripts each one imports (they import each other by file name, as top-level
+    modules; imports inside functions count too)."""
+    paths = {p.stem: p for p in sorted((ROOT / "benchmarks").glob("*.py"))}
+    graph = {}
+    for name, path in paths.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+        graph[name] = (found & set(paths)) - {name}
+    return graph
+
+
+def test_no_import_circle_in_benchmarks():
+    graph = _benchmark_graph()
+    assert {"headline", "headline_core", "headline_report", "budget_sweep"} <= set(graph)
+    assert "headline_report" in graph["budget_sweep"]  # the graph sees the scripts' imports, lazy ones included
+    assert "budget_sweep" in graph["headline"]
+    cycle = _circle(graph)
+    assert cycle is None, "import circle in benchmarks/: " + " -> ".join(cycle or [])
+
+
+def test_no_module_over_the_line_limit():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines())
+             for p in sorted((ROOT / "sau_compress").rglob("*.py"))}
+    over = {path: n for path, n in sizes.items() if n > MAX_LINES}
+    assert len(sizes) > 50 and not over, f"files over {MAX_LINES} lines (split them by job): {over}"
 
 
 def test_llmcompressor_only_in_the_modifier_and_pipeline_layers():
