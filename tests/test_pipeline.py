@@ -28,6 +28,7 @@ from sau_compress.pipeline import (
     resolve_recipe,
     run,
 )
+from sau_compress.unlearn import UnlearnConfig
 
 BUNDLED = [
     "magnitude-50-sau-graddiff",
@@ -85,6 +86,16 @@ def test_bundled_recipe_builds_and_ignores_lm_head(name):
         assert isinstance(recipe.modifiers[0], OneShotMagnitudePruningModifier)
     if name.endswith("fp8"):
         assert kinds[2] == "QuantizationModifier"
+
+
+@pytest.mark.parametrize("name", ["sparsegpt-2of4-sau-npo", "sparsegpt-50-sau-npo"])
+def test_npo_recipes_spell_out_the_modifiers_pretrained_defaults(name):
+    # the NPO recipes write the settings measured on SmolLM2 (docs/pretrained.md); they and the defaults move together
+    fields = read_recipe(name)["unlearn_stage"]["unlearn_modifiers"][SAU_MODIFIER]
+    keys = ("method", "learning_rate", "epochs", "batch_size", "retain_weight", "max_grad_norm")
+    defaults = UnlearnConfig()
+    assert {k: fields[k] for k in keys} == {k: getattr(defaults, k) for k in keys}
+    assert (defaults.method, defaults.learning_rate, defaults.epochs, defaults.retain_weight) == ("npo", 5e-5, 10, 5.0)
 
 
 def test_resolve_recipe_by_name_with_or_without_yaml_and_by_path(tiny_recipe):
