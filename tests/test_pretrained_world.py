@@ -177,3 +177,18 @@ def test_missing_inputs_are_named(own_cache, base_dir, tmp_path):
     (tmp_path / "not-a-model" / "model.safetensors").write_bytes(b"")
     with pytest.raises(UserError, match="not-a-model"):
         finetune_tofu_world(tmp_path / "not-a-model", tofu_dir=TOFU_DIR, retain_authors=1)
+
+
+def test_headline_names_the_pretrained_world(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import headline_core
+
+    assert headline_core.PRETRAINED_WORLDS == {"tofu-smollm2": "smollm2-135m-instruct"}
+    labels = {headline_core.world_label(name, "tiny") for name in ("toy", "tofu", "tofu-smollm2")}
+    assert labels == {"toy", "tofu", "tofu-smollm2"}
+    assert headline_core.world_label("tofu-smollm2", "large") == "tofu-smollm2"
+    assert headline_core.world_label("tofu", "large") == "tofu-large"
+    with pytest.raises(ValueError, match="tofu-smollm2"):
+        headline_core.load_world("muse", 8, "cpu")
