@@ -85,9 +85,15 @@ WORLD_PEOPLE: dict[str, int] = {"capacity": 240}
 WORLD_PRIOR: dict[str, int] = {"capacity": 48}
 
 
+#: worlds on a real pretrained model (:func:`sau_compress.pipeline.build_pretrained_tofu_world`): world name ->
+#: base model; they have no model sizes (the base is the model) and are fine-tuned on the benchmark's device
+PRETRAINED_WORLDS: dict[str, str] = {"tofu-smollm2": "smollm2-135m-instruct"}
+
+
 def world_label(name: str, size: str) -> str:
-    """A world's name in records and tables: ``toy``/``tofu`` for the tiny models, else ``<name>-<size>``."""
-    return name if size == "tiny" else f"{name}-{size}"
+    """A world's name in records and tables: ``toy``/``tofu`` for the tiny models, else ``<name>-<size>``; a
+    pretrained world (:data:`PRETRAINED_WORLDS`) by its name alone (``tofu-smollm2``)."""
+    return name if size == "tiny" or name in PRETRAINED_WORLDS else f"{name}-{size}"
 
 
 @dataclass
@@ -169,8 +175,10 @@ def _evenly(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = None, size: str = "tiny") -> World:
     """Build or reuse a world, measure its forgetting target and the retain model's reference.
 
-    :param name: ``toy`` (:func:`sau_compress.worlds.build_toy_world`) or ``tofu``
-        (:func:`sau_compress.worlds.build_tofu_world`)
+    :param name: ``toy`` (:func:`sau_compress.worlds.build_toy_world`), ``tofu``
+        (:func:`sau_compress.worlds.build_tofu_world`) or a pretrained world of :data:`PRETRAINED_WORLDS`
+        (``tofu-smollm2``: :func:`sau_compress.pipeline.build_pretrained_tofu_world`, fine-tuned on ``device``;
+        ``size`` does not apply to it)
     :param retain_eval: retain records used for model utility (evenly spaced: every person/author counts); as
         many prior-knowledge records join them where the world has prior knowledge
     :param device: where the reference evaluations run (and where a non-tiny world is trained)
@@ -187,8 +195,15 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
 
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown model size '{size}'; choose from {list(MODEL_SIZES)}")
-    train_device = "cpu" if size in ("tiny", "capacity") else device
-    if name == "toy":
+    train_device = "cpu" if size in ("tiny", "capacity") and name not in PRETRAINED_WORLDS else device
+    if name in PRETRAINED_WORLDS:
+        from sau_compress.pipeline import build_pretrained_tofu_world
+        from sau_compress.worlds.pretrained import ANSWER_TOKENS
+
+        built = build_pretrained_tofu_world(PRETRAINED_WORLDS[name], headline_tofu_data_dir(tofu_dir),
+                                            device=train_device)
+        max_new_tokens = ANSWER_TOKENS
+    elif name == "toy":
         from sau_compress.worlds import ToyTrainConfig, build_toy_world
 
         built = build_toy_world(people=WORLD_PEOPLE.get(size, 40),
@@ -203,7 +218,7 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
                                  device=train_device)
         max_new_tokens = 64
     else:
-        raise ValueError(f"unknown world '{name}'; choose from ['toy', 'tofu']")
+        raise ValueError(f"unknown world '{name}'; choose from {['toy', 'tofu', *PRETRAINED_WORLDS]}")
     tokenizer = AutoTokenizer.from_pretrained(str(built.model_dir))
     sets = {s: load_qa(str(built.data_dir / f"{s}.jsonl")) for s in ("forget", "retain", "holdout")}
     prior_file = built.data_dir / "prior.jsonl"

@@ -7,6 +7,7 @@
 - :func:`build_world`, :func:`demo`, :func:`evaluate_model`, :func:`compare_runs`, :func:`export_model`,
   :func:`inspect_model`: the other commands
 - :func:`audit_model`: ``sau-compress audit`` (attacks on an unlearned model, verdicts, report)
+- :func:`build_pretrained_tofu_world`: the TOFU world on a pretrained base (the base named as any MODEL)
 - :func:`run_oneshot`: the one way to apply a recipe to an in-memory model (shared with the benchmarks)
 """
 
@@ -42,6 +43,7 @@ from sau_compress.pipeline.recipes import (
 )
 from sau_compress.pipeline.run import EXPORT_FORMATS, run
 from sau_compress.pipeline.unlearn import check_unlearn_args, launch_sharded, unlearn_model
+from sau_compress.pipeline.worlds import build_pretrained_tofu_world
 
 __all__ = [
     "DEMO_MODELS",
@@ -52,6 +54,7 @@ __all__ = [
     "TOY_MODELS",
     "apply_overrides",
     "audit_model",
+    "build_pretrained_tofu_world",
     "build_world",
     "check_unlearn_args",
     "calibration_dataset",

@@ -241,6 +241,7 @@ def write_world(
     retain_model: Any,
     splits: Mapping[str, list[dict[str, Any]]],
     record: Mapping[str, Any],
+    record_weights: bool = False,
 ) -> None:
     """Write a world folder atomically (an existing one is replaced once the new one is complete).
 
@@ -250,6 +251,8 @@ def write_world(
     :param retain_model: the model trained on retain only (``retain_model/``)
     :param splits: QA records per split (``data/<split>.jsonl``)
     :param record: the content of ``world.json`` (with the cache ``key`` :func:`load_cached_world` checks)
+    :param record_weights: add the :func:`world_weights` of the models as written to ``world.json``
+        (``weights_sha256``)
     """
     with atomic_output_dir(root, overwrite=True) as tmp:
         for sub, model in ((MODEL_SUBDIR, memorizer), (RETAIN_MODEL_SUBDIR, retain_model)):
@@ -260,4 +263,6 @@ def write_world(
             with (tmp / DATA_SUBDIR / f"{name}.jsonl").open("w", encoding="utf-8") as fh:
                 for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if record_weights:
+            record = {**record, "weights_sha256": world_weights(tmp)}
         (tmp / WORLD_FILE).write_text(json.dumps(record, indent=2))

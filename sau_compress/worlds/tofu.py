@@ -35,7 +35,9 @@ __all__ = [
     "TOFU_WORLDS",
     "TOFU_WORLD_VERSION",
     "build_tofu_world",
+    "check_retain_authors",
     "default_tofu_train_config",
+    "find_tofu_folder",
     "select_tofu_subset",
     "tofu_world_cache_dir",
 ]
@@ -56,6 +58,26 @@ def default_tofu_train_config() -> ToyTrainConfig:
                           max_length=128)
 
 
+def check_retain_authors(retain_authors: int) -> None:
+    """:raises UserError: ``retain_authors`` is not in [1, 20] (retain_perturbed holds 20 complete authors)"""
+    if not 1 <= retain_authors <= 20:
+        raise UserError(f"retain_authors must be in [1, 20], got {retain_authors}")
+
+
+def find_tofu_folder(tofu_dir: str | os.PathLike[str] | None) -> Path:
+    """The TOFU data folder to read: ``tofu_dir``, else ``$SAU_COMPRESS_TOFU_DIR``.
+
+    :raises UserError: neither is given
+    :raises InputNotFoundError: the folder does not exist
+    """
+    folder = tofu_data_dir(tofu_dir)
+    if folder is None:
+        raise UserError(f"no TOFU folder: pass tofu_dir or set ${TOFU_DIR_ENV} to a folder with TOFU's jsonl files")
+    if not folder.is_dir():
+        raise InputNotFoundError(f"TOFU folder '{folder}' not found")
+    return folder
+
+
 def select_tofu_subset(tofu_dir: str | os.PathLike[str], retain_authors: int = 6) -> dict[str, list[dict[str, Any]]]:
     """The QA records of the subset: ``forget`` (forget01), ``retain`` (first authors of retain_perturbed),
     ``holdout`` (holdout01), each record with an ``index`` (its position) and an ``author`` number.
@@ -66,8 +88,7 @@ def select_tofu_subset(tofu_dir: str | os.PathLike[str], retain_authors: int = 6
     :raises UserError: ``retain_authors`` out of range
     :raises InputNotFoundError: a TOFU file is missing
     """
-    if not 1 <= retain_authors <= 20:
-        raise UserError(f"retain_authors must be in [1, 20], got {retain_authors}")
+    check_retain_authors(retain_authors)
     folder = Path(tofu_dir).expanduser()
     files = {"forget": "forget01_perturbed", "retain": "retain_perturbed", "holdout": "holdout01"}
     out: dict[str, list[dict[str, Any]]] = {}
@@ -123,12 +144,7 @@ def build_tofu_world(
     if cached is not None:
         return cached
 
-    folder = tofu_data_dir(tofu_dir)
-    if folder is None:
-        raise UserError(f"no TOFU folder: pass tofu_dir or set ${TOFU_DIR_ENV} to a folder with TOFU's jsonl files")
-    if not folder.is_dir():
-        raise InputNotFoundError(f"TOFU folder '{folder}' not found")
-    splits = select_tofu_subset(folder, retain_authors)
+    splits = select_tofu_subset(find_tofu_folder(tofu_dir), retain_authors)
     corpus = qa_corpus(r for rows in splits.values() for r in rows)
     meta = {
         "version": TOFU_WORLD_VERSION,

@@ -24,7 +24,7 @@ from sau_compress.evaluation import generate_answers, rouge_l_recall
 from sau_compress.worlds.cache import ToyWorld, write_world
 from sau_compress.worlds.tokenizer import train_bpe_tokenizer
 
-__all__ = ["ToyTrainConfig", "rouge_by_split", "train_memorizer", "train_world"]
+__all__ = ["ToyTrainConfig", "finish_world", "rouge_by_split", "train_memorizer", "train_world"]
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _llama(config: ToyTrainConfig, vocab_size: int, tokenizer: Any, seed: int): 
 def train_memorizer(
     records: list[dict[str, Any]],
     tokenizer: Any,
-    config: ToyTrainConfig | None = None,
+    config: Any = None,
     seed: int = 0,
     desc: str = "memorizer",
     device: str = "cpu",
@@ -76,9 +76,15 @@ def train_memorizer(
     """Train a tiny Llama from scratch (or further: ``model``) on ``records`` (answer tokens only) until it has
     memorized them.
 
+    Each record is tokenized in the tokenizer's own prompt format (``auto``: its chat template where it has
+    one, :func:`sau_compress.data.tokenize_records`), labels on the answer and EOS only. AdamW, linear warmup
+    then cosine decay to 5% of the rate, gradients clipped at norm 1.
+
     :param records: QA records with ``question`` and ``answer``
     :param tokenizer: the world's tokenizer
-    :param config: architecture and training hyperparameters
+    :param config: architecture and training hyperparameters (a :class:`ToyTrainConfig`; with ``model``, any
+        config with ``epochs``, ``batch_size``, ``learning_rate``, ``weight_decay``, ``warmup_steps``,
+        ``max_length`` and optionally ``bf16``: bfloat16 autocast of the forward passes)
     :param seed: seed for initialisation and data order
     :param desc: progress-bar label
     :param device: where to train (``cpu``, ``cuda``); the model is returned on the CPU
@@ -105,6 +111,8 @@ def train_memorizer(
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=bool(getattr(config, "bf16", False)))
     gen = torch.Generator().manual_seed(seed)
     epoch_losses: list[float] = []
     bar = tqdm(total=total, desc=f"training {desc}", unit="step", leave=False)
@@ -114,7 +122,8 @@ def train_memorizer(
         for start in range(0, len(order), config.batch_size):
             batch = collate([items[i] for i in order[start : start + config.batch_size]], tokenizer.pad_token_id)
             batch.pop("index", None)
-            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            with autocast:
+                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -201,6 +210,42 @@ def train_world(
                                 f"{label}memorizer", device, copy.deepcopy(start_model))
     retain_model = train_memorizer(splits["retain"] + prior, tokenizer, config, seed, f"{label}retain model",
                                    device, copy.deepcopy(start_model))
+    tail = {"prior_losses": start_model.train_losses} if start_model is not None else {}
+    return finish_world(root, key, splits, tokenizer, memorizer, retain_model, config, seed=seed, people=people,
+                        meta=meta, start=start, label=label, max_new_tokens=max_new_tokens, device=device, tail=tail)
+
+
+def finish_world(
+    root: Path,
+    key: str,
+    splits: dict[str, list[dict[str, Any]]],
+    tokenizer: Any,
+    memorizer: Any,
+    retain_model: Any,
+    config: Any,
+    *,
+    seed: int,
+    people: int,
+    meta: dict[str, Any],
+    start: float,
+    label: str = "",
+    max_new_tokens: int = 48,
+    device: str = "cpu",
+    tail: dict[str, Any] | None = None,
+    record_weights: bool = False,
+) -> ToyWorld:
+    """Score a world's two trained models (greedy-answer ROUGE-L recall per split), write its folder
+    atomically (:func:`~sau_compress.worlds.cache.write_world`) and return it.
+
+    :param memorizer: the model trained on forget + retain (with ``train_losses``)
+    :param retain_model: the model trained on retain only (with ``train_losses``)
+    :param config: the training config (a dataclass, recorded under ``train``)
+    :param meta: extra fields for ``world.json`` (after the common ones)
+    :param label: prefix of log messages (``"TOFU "``)
+    :param tail: fields for ``world.json`` after the losses
+    :param record_weights: also record each model's ``weights_sha256`` in ``world.json``
+    :return: the world, with its figures
+    """
     rouge = rouge_by_split(memorizer.to(device), tokenizer, splits, max_new_tokens)
     retain_rouge = rouge_by_split(retain_model.to(device), tokenizer, splits, max_new_tokens)
     memorizer.cpu()
@@ -212,7 +257,7 @@ def train_world(
         "people": people,
         "seed": seed,
         "train": asdict(config),
-        "sizes": sizes,
+        "sizes": {k: len(v) for k, v in splits.items()},
         "train_device": str(device),
         **meta,
         "rouge": rouge,
@@ -221,9 +266,9 @@ def train_world(
         "build_seconds": build_seconds,
         "memorizer_losses": memorizer.train_losses,
         "retain_model_losses": retain_model.train_losses,
-        **({"prior_losses": start_model.train_losses} if start_model is not None else {}),
+        **(tail or {}),
     }
-    write_world(root, tokenizer, memorizer, retain_model, splits, record)
+    write_world(root, tokenizer, memorizer, retain_model, splits, record, record_weights=record_weights)
     logger.info(
         f"{label}world built in {build_seconds:.1f}s at {root}: ROUGE-L recall forget {rouge['forget']:.3f}, "
         f"retain {rouge['retain']:.3f}, holdout {rouge['holdout']:.3f}"
