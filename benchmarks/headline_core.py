@@ -15,9 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from headline_worlds import (  # noqa: F401  (re-exported: core.MODEL_SIZES, core.world_label, ...)
+    BUNDLED_TOFU_DIR,
+    MODEL_SIZES,
+    PRETRAINED_WORLDS,
+    WORLD_PEOPLE,
+    WORLD_PRIOR,
+    build_world,
+    headline_tofu_data_dir,
+    world_label,
+)
 from loguru import logger
 
-from sau_compress.data import load_qa, tofu_data_dir, tokenize_records
+from sau_compress.data import load_qa, tokenize_records
 from sau_compress.io import atomic_output_dir, cache_dir
 
 __all__ = [
@@ -66,36 +76,6 @@ FQ_DECADES = 20.0
 EVAL_BATCH = 256
 #: bump when pruning changes (part of the pruned-folder cache key)
 PRUNE_VERSION = 1
-#: model sizes of the worlds, as overrides of the world's training config: ``tiny`` (hidden 192, 4 layers,
-#: 2.2-2.6M parameters; trained on the CPU, the CPU default) and ``large`` (hidden 512, 8 layers, about 28M
-#: parameters; trained on the benchmark's device, the CUDA default). A lower learning rate keeps the deeper
-#: model's from-scratch memorization stable.
-MODEL_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {},
-    "large": {"hidden_size": 512, "intermediate_size": 1408, "num_layers": 8, "num_heads": 8,
-              "learning_rate": 1e-3},
-    # near capacity: 213K parameters for 240 people (WORLD_PEOPLE), so pruning costs what it costs real LLMs
-    "capacity": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4, "epochs": 60,
-                 "batch_size": 32},
-}
-#: people of the toy world per model size (default 40): more facts per parameter than the tiny world
-WORLD_PEOPLE: dict[str, int] = {"capacity": 240}
-#: prior-knowledge people of the toy world per model size (default none): learnt first and rehearsed, in no
-#: split unlearning touches; model utility includes them (``sau_compress.worlds.build_toy_world``)
-WORLD_PRIOR: dict[str, int] = {"capacity": 48}
-
-
-#: worlds on a real pretrained model (:func:`sau_compress.pipeline.build_pretrained_tofu_world`): world name ->
-#: base model; they have no model sizes (the base is the model) and are fine-tuned on the benchmark's device
-PRETRAINED_WORLDS: dict[str, str] = {"tofu-smollm2": "smollm2-135m-instruct"}
-
-
-def world_label(name: str, size: str) -> str:
-    """A world's name in records and tables: ``toy``/``tofu`` for the tiny models, else ``<name>-<size>``; a
-    pretrained world (:data:`PRETRAINED_WORLDS`) by its name alone (``tofu-smollm2``)."""
-    return name if size == "tiny" or name in PRETRAINED_WORLDS else f"{name}-{size}"
-
-
 @dataclass
 class World:
     """A benchmark world: model folders, QA sets, tokenizer, forgetting target and retain-model reference.
@@ -155,16 +135,6 @@ class World:
         }
 
 
-#: The TOFU copy bundled with the repository.
-BUNDLED_TOFU_DIR = Path(__file__).resolve().parents[1] / "data" / "tofu"
-
-
-def headline_tofu_data_dir(tofu_dir: str | None = None) -> Path:
-    """The benchmark's TOFU data folder: :func:`sau_compress.data.tofu_data_dir` (``tofu_dir``, else
-    ``$SAU_COMPRESS_TOFU_DIR``), else the copy bundled with the repository (``data/tofu``)."""
-    return tofu_data_dir(tofu_dir) or BUNDLED_TOFU_DIR
-
-
 def _evenly(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     if n >= len(records):
         return list(records)
@@ -186,39 +156,12 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
     :param size: a key of :data:`MODEL_SIZES`
     :raises ValueError: unknown world or size
     """
-    from dataclasses import replace
-
     from transformers import AutoTokenizer
 
     from sau_compress.evaluation import TokenizedSets
     from sau_compress.export import load_model
 
-    if size not in MODEL_SIZES:
-        raise ValueError(f"unknown model size '{size}'; choose from {list(MODEL_SIZES)}")
-    train_device = "cpu" if size in ("tiny", "capacity") and name not in PRETRAINED_WORLDS else device
-    if name in PRETRAINED_WORLDS:
-        from sau_compress.pipeline import build_pretrained_tofu_world
-        from sau_compress.worlds.pretrained import ANSWER_TOKENS
-
-        built = build_pretrained_tofu_world(PRETRAINED_WORLDS[name], headline_tofu_data_dir(tofu_dir),
-                                            device=train_device)
-        max_new_tokens = ANSWER_TOKENS
-    elif name == "toy":
-        from sau_compress.worlds import ToyTrainConfig, build_toy_world
-
-        built = build_toy_world(people=WORLD_PEOPLE.get(size, 40),
-                                config=replace(ToyTrainConfig(), **MODEL_SIZES[size]), device=train_device,
-                                prior_people=WORLD_PRIOR.get(size, 0))
-        max_new_tokens = 32
-    elif name == "tofu":
-        from sau_compress.worlds import build_tofu_world, default_tofu_train_config
-
-        built = build_tofu_world(headline_tofu_data_dir(tofu_dir),
-                                 config=replace(default_tofu_train_config(), **MODEL_SIZES[size]),
-                                 device=train_device)
-        max_new_tokens = 64
-    else:
-        raise ValueError(f"unknown world '{name}'; choose from {['toy', 'tofu', *PRETRAINED_WORLDS]}")
+    built, max_new_tokens, train_device = build_world(name, size, device, tofu_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(built.model_dir))
     sets = {s: load_qa(str(built.data_dir / f"{s}.jsonl")) for s in ("forget", "retain", "holdout")}
     prior_file = built.data_dir / "prior.jsonl"

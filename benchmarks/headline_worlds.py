@@ -1,0 +1,91 @@
+"""The headline benchmark's worlds: model sizes, the TOFU data folder, and which builder makes each world.
+
+Split out of ``headline_core`` (which re-exports every name here); imports nothing of the benchmarks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sau_compress.data import tofu_data_dir
+
+__all__ = ["BUNDLED_TOFU_DIR", "MODEL_SIZES", "PRETRAINED_WORLDS", "WORLD_PEOPLE", "WORLD_PRIOR", "build_world",
+           "headline_tofu_data_dir", "world_label"]
+
+#: model sizes of the worlds, as overrides of the world's training config: ``tiny`` (hidden 192, 4 layers,
+#: 2.2-2.6M parameters; trained on the CPU, the CPU default) and ``large`` (hidden 512, 8 layers, about 28M
+#: parameters; trained on the benchmark's device, the CUDA default). A lower learning rate keeps the deeper
+#: model's from-scratch memorization stable.
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "large": {"hidden_size": 512, "intermediate_size": 1408, "num_layers": 8, "num_heads": 8,
+              "learning_rate": 1e-3},
+    # near capacity: 213K parameters for 240 people (WORLD_PEOPLE), so pruning costs what it costs real LLMs
+    "capacity": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4, "epochs": 60,
+                 "batch_size": 32},
+}
+#: people of the toy world per model size (default 40): more facts per parameter than the tiny world
+WORLD_PEOPLE: dict[str, int] = {"capacity": 240}
+#: prior-knowledge people of the toy world per model size (default none): learnt first and rehearsed, in no
+#: split unlearning touches; model utility includes them (``sau_compress.worlds.build_toy_world``)
+WORLD_PRIOR: dict[str, int] = {"capacity": 48}
+
+
+#: worlds on a real pretrained model (:func:`sau_compress.pipeline.build_pretrained_tofu_world`): world name ->
+#: base model; they have no model sizes (the base is the model) and are fine-tuned on the benchmark's device
+PRETRAINED_WORLDS: dict[str, str] = {"tofu-smollm2": "smollm2-135m-instruct"}
+
+
+def world_label(name: str, size: str) -> str:
+    """A world's name in records and tables: ``toy``/``tofu`` for the tiny models, else ``<name>-<size>``; a
+    pretrained world (:data:`PRETRAINED_WORLDS`) by its name alone (``tofu-smollm2``)."""
+    return name if size == "tiny" or name in PRETRAINED_WORLDS else f"{name}-{size}"
+
+
+#: The TOFU copy bundled with the repository.
+BUNDLED_TOFU_DIR = Path(__file__).resolve().parents[1] / "data" / "tofu"
+
+
+def headline_tofu_data_dir(tofu_dir: str | None = None) -> Path:
+    """The benchmark's TOFU data folder: :func:`sau_compress.data.tofu_data_dir` (``tofu_dir``, else
+    ``$SAU_COMPRESS_TOFU_DIR``), else the copy bundled with the repository (``data/tofu``)."""
+    return tofu_data_dir(tofu_dir) or BUNDLED_TOFU_DIR
+
+
+def build_world(name: str, size: str, device: str, tofu_dir: str | None = None) -> tuple[Any, int, str]:
+    """Build or reuse world ``name`` at model ``size`` (see ``headline_core.load_world``).
+
+    :return: the built world (a ``sau_compress.worlds.ToyWorld``), the longest answer its evaluations generate,
+        and the device it was trained on
+    :raises ValueError: unknown world or size
+    """
+    from dataclasses import replace
+
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size '{size}'; choose from {list(MODEL_SIZES)}")
+    train_device = "cpu" if size in ("tiny", "capacity") and name not in PRETRAINED_WORLDS else device
+    if name in PRETRAINED_WORLDS:
+        from sau_compress.pipeline import build_pretrained_tofu_world
+        from sau_compress.worlds.pretrained import ANSWER_TOKENS
+
+        built = build_pretrained_tofu_world(PRETRAINED_WORLDS[name], headline_tofu_data_dir(tofu_dir),
+                                            device=train_device)
+        max_new_tokens = ANSWER_TOKENS
+    elif name == "toy":
+        from sau_compress.worlds import ToyTrainConfig, build_toy_world
+
+        built = build_toy_world(people=WORLD_PEOPLE.get(size, 40),
+                                config=replace(ToyTrainConfig(), **MODEL_SIZES[size]), device=train_device,
+                                prior_people=WORLD_PRIOR.get(size, 0))
+        max_new_tokens = 32
+    elif name == "tofu":
+        from sau_compress.worlds import build_tofu_world, default_tofu_train_config
+
+        built = build_tofu_world(headline_tofu_data_dir(tofu_dir),
+                                 config=replace(default_tofu_train_config(), **MODEL_SIZES[size]),
+                                 device=train_device)
+        max_new_tokens = 64
+    else:
+        raise ValueError(f"unknown world '{name}'; choose from {['toy', 'tofu', *PRETRAINED_WORLDS]}")
+    return built, max_new_tokens, train_device
