@@ -7,6 +7,7 @@ One command reproduces each table in ``docs/results.md``::
     python benchmarks/headline.py --quick         # a small subset (under 3 minutes), for smoke tests
     python benchmarks/headline.py --model-size tiny   # the earlier tiny tofu/toy worlds (FULL_PROFILE)
     python benchmarks/headline.py --full-matrix --device cuda   # every cell, on a GPU
+    python benchmarks/headline.py --worlds tofu-smollm2          # the pretrained world (PRETRAINED_PROFILE)
 
 The default on the CPU (:data:`CAPACITY_PROFILE`) is the ``capacity`` toy world: 0.21M parameters for 240 people
 and 48 people of prior knowledge (learnt first, rehearsed, in no split that unlearning touches; model utility
@@ -66,6 +67,9 @@ import headline_report as report  # noqa: E402
 
 #: learning rate per base method (AdamW), the same for every mode of that method
 DEFAULT_LR = {"grad_diff": 1e-3, "npo": 2e-3, "simnpo": 5e-3, "grad_ascent": 1e-3}
+#: the same on a pretrained world, as users run pretrained models: NPO at the modifier's default (5e-5, measured
+#: on SmolLM2 in docs/pretrained.md), the others at open-unlearning's TOFU rate (1e-5)
+PRETRAINED_LR = {"grad_diff": 1e-5, "npo": 5e-5, "simnpo": 1e-5, "grad_ascent": 1e-5}
 #: what ``--modes`` accepts: the benchmark's modes and the named configurations of ``headline_core.VARIANTS``
 CONFIGURATIONS = (*core.MODES, *(v for v in core.VARIANTS if v not in core.MODES))
 SWEEP_TOPK = (0.1, 0.3, 0.5)
@@ -76,8 +80,8 @@ def _settings(pruners: list[str], structures: list[str]) -> list[tuple[str, str]
     return [(p, s) for p in pruners for s in structures]
 
 
-def _parse_lr(items: list[str] | None) -> dict[str, float]:
-    lrs = dict(DEFAULT_LR)
+def _parse_lr(items: list[str] | None, pretrained: bool = False) -> dict[str, float]:
+    lrs = dict(PRETRAINED_LR if pretrained else DEFAULT_LR)
     for item in items or []:
         if "=" not in item:
             raise SystemExit(f"--lr expects METHOD=VALUE, got '{item}'")
@@ -92,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
                    help="small subset: toy world, grad_diff on SparseGPT 2:4 and magnitude 50%%, 1 seed")
-    p.add_argument("--worlds", default=None, help="comma list of worlds (default: tofu,toy; quick: toy)")
+    p.add_argument("--worlds", default=None,
+                   help="comma list of worlds: toy, tofu, or the pretrained world tofu-smollm2 (alone; its own "
+                        "profile, learning rates and output folder) (default: toy; tiny size: tofu,toy)")
     p.add_argument("--pruners", default=None, help="comma list of magnitude,wanda,sparsegpt")
     p.add_argument("--structures", default=None, help="comma list of 50%%,2:4")
     p.add_argument("--methods", default=None, help="comma list of grad_diff,npo,simnpo,grad_ascent")
@@ -103,10 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "quick 1)")
     p.add_argument("--lr", action="append", help="METHOD=LR (repeatable); defaults: %s" % DEFAULT_LR)
     p.add_argument("--max-steps", type=int, default=None,
-                   help="step cap per run (default: capacity world 150, toy 120, tofu 80)")
-    p.add_argument("--check-every", type=int, default=3, help="steps between forgetting checks")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--retain-eval", type=int, default=40, help="retain records for model utility")
+                   help="step cap per run (default: capacity world 150, toy 120, tofu 80, pretrained world: its "
+                        "profile's)")
+    p.add_argument("--check-every", type=int, default=None,
+                   help="steps between forgetting checks (default 3; pretrained world: its profile's)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 8; pretrained world: its profile's")
+    p.add_argument("--retain-eval", type=int, default=None,
+                   help="retain records (and as many prior-knowledge records) for model utility (default 40; "
+                        "pretrained world: its profile's)")
     p.add_argument("--no-sweep", action="store_true", help="skip the topk_ratio x alpha sweep")
     p.add_argument("--no-uts", action="store_true", help="skip unlearn-then-sparsify")
     p.add_argument("--no-ablation", action="store_true", help="skip the profile's ablations (capacity world)")
@@ -193,9 +203,32 @@ SWEEP_SETTING = {"toy": ("sparsegpt 2:4", "grad_diff"), "tofu": ("sparsegpt 2:4"
 SWEEP_WORLDS = ("toy",)
 
 
+#: The pretrained world (``tofu-smollm2``: SmolLM2-135M-Instruct fine-tuned on TOFU authors,
+#: ``headline_worlds.PRETRAINED_WORLDS``) answers the method question where users are: NPO at the modifier's
+#: settings (:data:`PRETRAINED_LR`, ``headline_worlds.PRETRAINED_STAGE``: retain weight 5, clipping 1.0, batch
+#: 4) on SparseGPT 2:4 and 50%, every configuration of the issue's list at matched forgetting, 3 seeds. No
+#: unpruned run and no unlearn-then-sparsify (``naive-reprune`` is that order on the pruned model), no ablations
+#: and no fixed budget by default (``budget`` runs them when set; each point is a full evaluation, about
+#: 1.5 minutes on one CPU thread). One 135M step costs seconds on the CPU, a forgetting check (40 greedy
+#: answers of up to 96 tokens) about 40 s: checked every 5 steps, at most 40 steps.
+PRETRAINED_MATCHED = ["masked", "dense", "naive", "naive-reprune", "topk", "sau", "sau-alpha1", "contrastive"]
+PRETRAINED_PROFILE: dict[str, dict[str, Any]] = {
+    "tofu-smollm2": {"modes": PRETRAINED_MATCHED, "cells": {"npo": [("sparsegpt", "2:4"), ("sparsegpt", "50%")]},
+                     "ablation": None, "budget": None, "unpruned": False, "batch_size": 4, "check_every": 5,
+                     "max_steps": 40, "seeds": 3, "retain_eval": core.PRETRAINED_RETAIN_EVAL},
+}
+PRETRAINED_QUICK: dict[str, dict[str, Any]] = {
+    "tofu-smollm2": {"modes": ["masked", "sau"], "cells": {"npo": [("sparsegpt", "2:4")]}, "ablation": None,
+                     "budget": None, "unpruned": False, "batch_size": 4, "check_every": 5, "max_steps": 10,
+                     "seeds": 1, "retain_eval": core.PRETRAINED_RETAIN_EVAL},
+}
+
+
 def _profile(args: argparse.Namespace, world: str) -> dict[str, Any]:
-    """The profile of ``world`` at the arguments' model size (``capacity``: :data:`CAPACITY_PROFILE`, else
-    :data:`FULL_PROFILE`; their quick versions with ``--quick``)."""
+    """The profile of ``world`` at the arguments' model size (a pretrained world: :data:`PRETRAINED_PROFILE`;
+    ``capacity``: :data:`CAPACITY_PROFILE`, else :data:`FULL_PROFILE`; their quick versions with ``--quick``)."""
+    if world in core.PRETRAINED_WORLDS:
+        return (PRETRAINED_QUICK if args.quick else PRETRAINED_PROFILE)[world]
     if args.model_size == "capacity":
         profiles = CAPACITY_QUICK if args.quick else CAPACITY_PROFILE
         if world not in profiles:
@@ -258,25 +291,34 @@ def _setup_process(threads: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    _setup_process(args.threads)
 
     quick = args.quick
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     size = args.model_size or ("capacity" if device == "cpu" else "large")
     args.model_size = size
     worlds = _csv(args.worlds) or (["toy"] if quick or size == "capacity" else ["tofu", "toy"])
-    bad = [w for w in worlds if w not in ("tofu", "toy")]
+    known = ["tofu", "toy", *core.PRETRAINED_WORLDS]
+    bad = [w for w in worlds if w not in known]
     if bad:
-        raise SystemExit(f"--worlds: unknown {bad}; choose from ['tofu', 'toy']")
+        raise SystemExit(f"--worlds: unknown {bad}; choose from {known}")
+    pretrained = any(w in core.PRETRAINED_WORLDS for w in worlds)
+    if pretrained and len(worlds) > 1:
+        raise SystemExit(f"--worlds: a pretrained world runs alone (its own profile and learning rates), got {worlds}")
+    profile = _profile(args, worlds[0]) if pretrained else {}
+    _setup_process(args.threads)
+    args.batch_size = args.batch_size or profile.get("batch_size", 8)
+    args.check_every = args.check_every or profile.get("check_every", 3)
+    args.retain_eval = args.retain_eval or profile.get("retain_eval", 40)
     bad = [m for m in (_csv(args.modes) or []) if m not in CONFIGURATIONS]
     if bad:
         raise SystemExit(f"--modes: unknown {bad}; choose from {list(CONFIGURATIONS)}")
-    default_seeds = 1 if quick else 5 if size == "capacity" else 3
+    default_seeds = profile.get("seeds") or (1 if quick else 5 if size == "capacity" else 3)
     seeds = list(range(args.first_seed, args.seeds if args.seeds is not None else default_seeds))
-    lrs = _parse_lr(args.lr)
+    lrs = _parse_lr(args.lr, pretrained)
     labels = [core.world_label(w, size) for w in worlds]
     results = Path("docs") / "results"
-    default_out = results / "headline" if size == "tiny" else results / f"headline_{size}"
+    default_out = (results / "headline_pretrained" if pretrained else results / "headline" if size == "tiny"
+                   else results / f"headline_{size}")
     out = Path(args.out) if args.out else (core.default_work_dir() / "quick" if quick else default_out)
     work = Path(args.work) if args.work else core.default_work_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -307,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             command, seeds, device, threads, jobs = (old[k] for k in ("command", "seeds", "device", "threads", "jobs"))
             lrs, wall, labels = old["learning_rates"], old["wall_seconds"], [w["world"] for w in old["worlds"]]
             batch_size, check_every = old["batch_size"], old["check_every"]
-            worlds = [label.split("-")[0] for label in labels]
+            # the worlds' names (older reports lack them: a label is then <name>-<size>)
+            worlds = old.get("world_names") or [label.split("-")[0] for label in labels]
         else:
             command = command.replace(" --report-only", "") + "  (cut short; report rendered afterwards)"
             wall = None
@@ -317,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
              if (out / f"headline_meta_{w}.json").is_file()]
     meta = {
         "command": command, "seeds": seeds, "device": device, "threads": threads, "jobs": jobs,
+        "world_names": worlds,
         "learning_rates": lrs, "batch_size": batch_size, "check_every": check_every,
         "worlds": [m["world"] for m in metas], "starts": [s for m in metas for s in m["starts"]],
         "plans": {m["world"]["world"]: m["plan"] for m in metas},
@@ -325,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "headline_meta.json").write_text(json.dumps(meta, indent=2))
     sweeps = [(label, *SWEEP_SETTING[w]) for w, label in zip(worlds, labels, strict=True) if _sweeps(args, w)]
     budget_records = _read_records(out / "budget_runs.jsonl")
-    text = report.render_markdown(records, meta, sweeps, by="setting" if size == "capacity" else "pruner",
+    text = report.render_markdown(records, meta, sweeps,
+                                  by="setting" if size == "capacity" or pretrained else "pruner",
                                   budget_records=budget_records)
     if budget_records:
         from budget_sweep import report as budget_report
@@ -412,7 +457,9 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
     all_cells, modes = _plan(args, wname)
     cells = {m: v for m, v in all_cells.items() if args.part_method in (None, m)}
     settings = sorted({st for v in (cells if args.worker else all_cells).values() for st in v})
-    max_steps = args.max_steps or (150 if args.model_size == "capacity" else 120 if wname == "toy" else 80)
+    max_steps = args.max_steps or _profile(args, wname).get("max_steps") or (
+        150 if args.model_size == "capacity" else 120 if wname == "toy" else 80)
+    unpruned = _profile(args, wname).get("unpruned", True)
 
     def record(rec: dict[str, Any]) -> dict[str, Any]:
         done[rec["key"]] = rec
@@ -420,17 +467,17 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
         core_log(rec)
         return rec
 
-    w = _load_world(wname, args.retain_eval, device, args.tofu_dir, args.model_size)
+    w = _load_world(wname, args.retain_eval, device, args.tofu_dir, args.model_size, work)
     label = w.name
     meta_path = out / f"headline_meta_{label}.json"
     known = {s["setting"]: s for s in json.loads(meta_path.read_text())["starts"]} if meta_path.is_file() else {}
     starts = [known.get("unpruned") or {"world": label, "setting": "unpruned",
-                                        **core.evaluate_model(core_load(w.model_dir, device), w)}]
+                                        **core.evaluate_start(w.model_dir, w, device, work)}]
     for pruner, structure in settings:
         folder = core.pruned_dir(w, pruner, structure, work)
         name = f"{pruner} {structure}"
         starts.append(known.get(name) or {"world": label, "setting": name,
-                                          **core.evaluate_model(core_load(folder, device), w)})
+                                          **core.evaluate_start(folder, w, device, work)})
     sweep_grid: list[tuple[float, float]] = []
     if _sweeps(args, wname):
         sweep_grid = [(0.1, 0.1), (0.5, 0.1)] if quick else [(k, a) for k in SWEEP_TOPK for a in SWEEP_ALPHA]
@@ -455,7 +502,7 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
     budget_done = {r["key"] for r in _read_records(budget_path)}
     for seed in seeds:
         for method, msettings in cells.items():
-            if args.part_setting in (None, "unpruned"):
+            if unpruned and args.part_setting in (None, "unpruned"):
                 spec = core.RunSpec(label, "matrix", "unpruned", method, "dense", seed, lrs[method])
                 uts_keys = [] if args.no_uts else [f"uts|{spec.key()}|{p} {s}" for p, s in msettings]
                 need_uts = any(k not in done for k in uts_keys)
@@ -502,26 +549,29 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
 _WORLDS: dict[tuple[Any, ...], core.World] = {}
 
 
-def _load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None, size: str) -> core.World:
+def _load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None, size: str,
+                work: Path | None = None) -> core.World:
     """:func:`headline_core.load_world`, once per process and arguments (its tokenized sets and the start of
-    each pruned folder are then measured once too)."""
+    each pruned folder are then measured once too; its target and reference cached in ``work``)."""
     key = (name, retain_eval, device, tofu_dir, size)
     if key not in _WORLDS:
-        _WORLDS[key] = core.load_world(name, retain_eval, device, tofu_dir, size)
+        _WORLDS[key] = core.load_world(name, retain_eval, device, tofu_dir, size, work)
     return _WORLDS[key]
 
 
 def _sweeps(args: argparse.Namespace, world: str) -> bool:
     """Whether ``world`` runs the topk_ratio x alpha sweep (not at size capacity: its ablations cover it)."""
-    return not args.no_sweep and args.model_size != "capacity" and (args.quick or world in SWEEP_WORLDS)
+    return (not args.no_sweep and args.model_size != "capacity" and world in SWEEP_SETTING
+            and (args.quick or world in SWEEP_WORLDS))
 
 
 def _parts(args: argparse.Namespace, world: str, seed: int) -> list[tuple[str, int, str, str]]:
     """The (world, seed, base method, setting) parts of one seed, run by worker processes: per base method the
     unpruned run (with unlearn-then-sparsify) and one part per pruning setting."""
     cells, _ = _plan(args, world)
+    first = ["unpruned"] if _profile(args, world).get("unpruned", True) else []
     return [(world, seed, method, setting) for method, settings in cells.items()
-            for setting in ["unpruned", *(f"{p} {s}" for p, s in settings)]]
+            for setting in [*first, *(f"{p} {s}" for p, s in settings)]]
 
 
 def core_load(folder: Path, device: str) -> torch.nn.Module:

@@ -9,6 +9,7 @@ import gc
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +19,15 @@ import torch
 from headline_worlds import (  # noqa: F401  (re-exported: core.MODEL_SIZES, core.world_label, ...)
     BUNDLED_TOFU_DIR,
     MODEL_SIZES,
+    PRETRAINED_PRIOR_FILES,
+    PRETRAINED_RETAIN_EVAL,
+    PRETRAINED_STAGE,
     PRETRAINED_WORLDS,
     WORLD_PEOPLE,
     WORLD_PRIOR,
     build_world,
     headline_tofu_data_dir,
+    pretrained_prior,
     world_label,
 )
 from loguru import logger
@@ -44,6 +49,7 @@ __all__ = [
     "aggregate_score",
     "append_record",
     "evaluate_model",
+    "evaluate_start",
     "forget_rouge",
     "fq_score",
     "load_world",
@@ -113,6 +119,9 @@ class World:
     tokens: Any = field(default=None, repr=False)
     #: forget ROUGE-L recall of each model folder as loaded (a run's start; every run from a folder shares it)
     start_rouge: dict[str, float] = field(default_factory=dict)
+    #: the SAU stage's fields where the world differs from the benchmark's own (a pretrained world: the
+    #: modifier's defaults for ``retain_weight`` and ``max_grad_norm``, :data:`PRETRAINED_STAGE`)
+    stage_fields: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary of the world's scale."""
@@ -142,7 +151,8 @@ def _evenly(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return [records[int(i * step)] for i in range(n)]
 
 
-def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = None, size: str = "tiny") -> World:
+def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = None, size: str = "tiny",
+               work: Path | None = None) -> World:
     """Build or reuse a world, measure its forgetting target and the retain model's reference.
 
     :param name: ``toy`` (:func:`sau_compress.worlds.build_toy_world`), ``tofu``
@@ -154,6 +164,8 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
     :param device: where the reference evaluations run (and where a non-tiny world is trained)
     :param tofu_dir: TOFU data folder (default :func:`headline_tofu_data_dir`)
     :param size: a key of :data:`MODEL_SIZES`
+    :param work: where to cache the target and the reference (:func:`_cached`; every worker process of the
+        headline loads the world, and on a pretrained world they take minutes); ``None``: measured each time
     :raises ValueError: unknown world or size
     """
     from transformers import AutoTokenizer
@@ -165,7 +177,10 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
     tokenizer = AutoTokenizer.from_pretrained(str(built.model_dir))
     sets = {s: load_qa(str(built.data_dir / f"{s}.jsonl")) for s in ("forget", "retain", "holdout")}
     prior_file = built.data_dir / "prior.jsonl"
-    prior = load_qa(str(prior_file)) if prior_file.is_file() else []
+    if prior_file.is_file():
+        prior = load_qa(str(prior_file))
+    else:  # a pretrained world: utility as TOFU's, on the real authors and world facts the base model knew
+        prior = pretrained_prior(tofu_dir) if name in PRETRAINED_WORLDS else []
     world = World(
         name=world_label(name, size),
         root=built.root,
@@ -185,17 +200,25 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
         retain_model_rouge=dict(built.retain_model_rouge),
         weights_sha256=dict(built.weights_sha256),
         tokens=TokenizedSets(),
+        stage_fields=dict(PRETRAINED_STAGE) if name in PRETRAINED_WORLDS else {},
     )
     world.forget_items = tokenize_records(tokenizer, world.forget, max_length=256)
     world.retain_items = tokenize_records(tokenizer, world.retain, max_length=256)
-    memorizer = load_model(built.model_dir).to(device).eval()
-    world.target = forget_rouge(memorizer, world, world.holdout)
-    retain_model = load_model(built.retain_model_dir).to(device).eval()
-    from sau_compress.evaluation import evaluate
 
-    ref = evaluate(retain_model, tokenizer, "toy", datasets=_eval_sets(world), metrics=["forget_truth_ratio"],
-                   batch_size=EVAL_BATCH, max_new_tokens=max_new_tokens)
-    world.reference = {"forget_truth_ratio": ref["forget_truth_ratio"]}
+    def measure() -> dict[str, Any]:
+        from sau_compress.evaluation import evaluate
+
+        memorizer = load_model(built.model_dir).to(device).eval()
+        target = forget_rouge(memorizer, world, world.holdout)
+        retain_model = load_model(built.retain_model_dir).to(device).eval()
+        ref = evaluate(retain_model, tokenizer, "toy", datasets=_eval_sets(world), metrics=["forget_truth_ratio"],
+                       batch_size=EVAL_BATCH, max_new_tokens=max_new_tokens)
+        return {"target": target, "reference": {"forget_truth_ratio": ref["forget_truth_ratio"]}}
+
+    ident = ["reference", str(built.root), world.weights_sha256, max_new_tokens, device,
+             [r["question"] for r in world.forget], [r["question"] for r in world.holdout]]
+    measured = measure() if work is None else _cached(work, ident, measure)
+    world.target, world.reference = measured["target"], measured["reference"]
     logger.info(f"world {name}: target forget ROUGE-L recall <= {world.target:.4f} (memorizer on holdout)")
     return world
 
@@ -272,6 +295,39 @@ def evaluate_model(model: torch.nn.Module, world: World, forget_answers: bool = 
     }
     out["aggregate"] = aggregate_score(out["model_utility"], out["forget_quality"])
     return out
+
+
+def evaluate_start(folder: Path, world: World, device: str, work: Path) -> dict[str, Any]:
+    """:func:`evaluate_model` of the model in ``folder`` as loaded (the memorizer, or a pruned folder of
+    :func:`pruned_dir`), cached under ``work/starts``: keyed by the folder, the world's weights and its
+    evaluation sets, so ``pruning_damage.py`` and ``headline.py`` measure each starting point once (on a
+    pretrained world one evaluation takes minutes on the CPU). ``eval_seconds`` is the measured time."""
+    from sau_compress.export import load_model
+
+    def measure() -> dict[str, Any]:
+        start = time.perf_counter()
+        row = evaluate_model(load_model(folder).to(device).eval(), world)
+        row["eval_seconds"] = time.perf_counter() - start
+        return row
+
+    sets = _eval_sets(world)
+    return _cached(work, [str(folder), world.weights_sha256, world.max_new_tokens, device,
+                          {k: [r["question"] for r in v] for k, v in sets.items()}], measure)
+
+
+def _cached(work: Path, ident: Any, compute: Any) -> dict[str, Any]:
+    """``compute()``'s JSON result, cached in ``work/starts`` under the SHA-256 of ``ident`` (JSON) and written
+    atomically (parallel processes may race to write it; each writes a whole file)."""
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    path = work / "starts" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+    return value
 
 
 # ------------------------------------------------------------------------------------------------ pruning
@@ -379,23 +435,27 @@ def make_spec(world: str, kind: str, setting: str, method: str, variant: str, se
     return RunSpec(world, kind, setting, method, variant, seed, learning_rate, fields["topk_ratio"], fields["alpha"])
 
 
-def _retain_weight(method: str) -> float:
-    return 0.0 if method == "grad_ascent" else 1.0
+def _retain_weight(method: str, world: World | None = None) -> float:
+    if method == "grad_ascent":
+        return 0.0
+    return float((world.stage_fields if world is not None else {}).get("retain_weight", 1.0))
 
 
 def _sau_stage(world: World, callback: Any, method: str, learning_rate: float, max_steps: int, batch_size: int,
                seed: int, device: str, **fields: Any) -> Any:
     """The benchmark's SAU stage, as a recipe would hold it: the base method's retain weight, no progress bars,
     assigned a job with the world's tokenized sets and ``callback``; ``fields`` are further modifier fields.
-    Without clipping unless ``fields`` set ``max_grad_norm`` (the matched-forgetting runs were all recorded so)."""
+    Without clipping unless ``fields`` or the world's ``stage_fields`` set ``max_grad_norm`` (the toy worlds'
+    matched-forgetting runs were all recorded so; a pretrained world clips as the modifier does)."""
     from sau_compress.modifier import SparsityAwareUnlearningModifier
     from sau_compress.unlearn import UnlearnJob
 
+    fields = {**{k: v for k, v in world.stage_fields.items() if k != "retain_weight"}, **fields}
     fields.setdefault("max_grad_norm", None)
 
     modifier = SparsityAwareUnlearningModifier(
         method=method, learning_rate=learning_rate, max_steps=max_steps, batch_size=batch_size,
-        retain_weight=_retain_weight(method), seed=seed, device=device, progress=False, **fields,
+        retain_weight=_retain_weight(method, world), seed=seed, device=device, progress=False, **fields,
     )
     modifier.assign(UnlearnJob(world.forget_items, world.retain_items, world.tokenizer.pad_token_id, callback))
     return modifier

@@ -10,8 +10,9 @@ from typing import Any
 
 from sau_compress.data import tofu_data_dir
 
-__all__ = ["BUNDLED_TOFU_DIR", "MODEL_SIZES", "PRETRAINED_WORLDS", "WORLD_PEOPLE", "WORLD_PRIOR", "build_world",
-           "headline_tofu_data_dir", "world_label"]
+__all__ = ["BUNDLED_TOFU_DIR", "MODEL_SIZES", "PRETRAINED_PRIOR_FILES", "PRETRAINED_RETAIN_EVAL", "PRETRAINED_STAGE",
+           "PRETRAINED_WORLDS", "WORLD_PEOPLE", "WORLD_PRIOR", "build_world", "headline_tofu_data_dir",
+           "pretrained_prior", "world_label"]
 
 #: model sizes of the worlds, as overrides of the world's training config: ``tiny`` (hidden 192, 4 layers,
 #: 2.2-2.6M parameters; trained on the CPU, the CPU default) and ``large`` (hidden 512, 8 layers, about 28M
@@ -35,6 +36,29 @@ WORLD_PRIOR: dict[str, int] = {"capacity": 48}
 #: worlds on a real pretrained model (:func:`sau_compress.pipeline.build_pretrained_tofu_world`): world name ->
 #: base model; they have no model sizes (the base is the model) and are fine-tuned on the benchmark's device
 PRETRAINED_WORLDS: dict[str, str] = {"tofu-smollm2": "smollm2-135m-instruct"}
+
+
+#: the SAU stage's fields on a pretrained world where the benchmark's toy settings differ from the modifier's
+#: defaults (which were measured on SmolLM2, docs/pretrained.md): the retain term 5x the forget term, and
+#: gradients clipped at 1.0
+PRETRAINED_STAGE: dict[str, float] = {"retain_weight": 5.0, "max_grad_norm": 1.0}
+
+#: retain records (and as many prior-knowledge records) model utility uses on a pretrained world: one
+#: evaluation of the 135M model scores about 500 answers, minutes on one CPU thread
+PRETRAINED_RETAIN_EVAL = 20
+
+#: the prior knowledge of a pretrained world: TOFU's real-author and world-fact questions (with their wrong
+#: options), knowledge the base model had before fine-tuning; model utility covers them as TOFU's does
+PRETRAINED_PRIOR_FILES = ("real_authors_perturbed", "world_facts_perturbed")
+
+
+def pretrained_prior(tofu_dir: str | None = None) -> list[dict[str, Any]]:
+    """The prior-knowledge records of a pretrained world (:data:`PRETRAINED_PRIOR_FILES`, in that order), read
+    from the benchmark's TOFU folder (:func:`headline_tofu_data_dir`)."""
+    from sau_compress.data import load_qa
+
+    folder = headline_tofu_data_dir(tofu_dir)
+    return [rec for name in PRETRAINED_PRIOR_FILES for rec in load_qa(str(folder / f"{name}.jsonl"))]
 
 
 def world_label(name: str, size: str) -> str:

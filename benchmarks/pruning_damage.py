@@ -35,22 +35,18 @@ KEYS = ("model_utility", "forget_rouge", "retain_rouge", "prior_rouge")
 
 
 def damage(world: core.World, settings: list[tuple[str, str]], work: Path, device: str) -> list[dict[str, Any]]:
-    """The memorizer's and each pruned model's evaluation (``headline_core.evaluate_model``), one row each."""
-    from sau_compress.export import load_model
+    """The memorizer's and each pruned model's evaluation (``headline_core.evaluate_start``: cached beside the
+    headline's pruned folders, so the headline's starting points are these), one row each."""
 
     def measure(folder: Path, setting: str) -> dict[str, Any]:
-        t = time.perf_counter()
-        row = {"world": world.name, "setting": setting,
-               **core.evaluate_model(load_model(folder).to(device).eval(), world)}
-        row["eval_seconds"] = time.perf_counter() - t
-        return row
+        return {"world": world.name, "setting": setting, **core.evaluate_start(folder, world, device, work)}
 
     rows = [measure(world.model_dir, "unpruned")]
     for pruner, structure in settings:
-        t = time.perf_counter()
         folder = core.pruned_dir(world, pruner, structure, work)
         row = measure(folder, f"{pruner} {structure}")
-        row["prune_seconds"] = time.perf_counter() - t - row["eval_seconds"]
+        prune_file = folder / "prune.json"
+        row["prune_seconds"] = json.loads(prune_file.read_text())["seconds"] if prune_file.is_file() else None
         rows.append(row)
     base = rows[0]
     for row in rows:
@@ -81,11 +77,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--worlds", default="toy", help="comma list of toy,tofu")
+    p.add_argument("--worlds", default="toy",
+                   help="comma list of toy,tofu,tofu-smollm2 (a pretrained world; --sizes does not apply to it)")
     p.add_argument("--sizes", default="tiny,capacity", help=f"comma list of {','.join(core.MODEL_SIZES)}")
     p.add_argument("--pruners", default=",".join(core.PRUNERS))
     p.add_argument("--structures", default=",".join(core.STRUCTURES))
-    p.add_argument("--retain-eval", type=int, default=40, help="retain records for model utility")
+    p.add_argument("--retain-eval", type=int, default=None,
+                   help="retain records (and as many prior-knowledge records) for model utility (default 40; "
+                        "a pretrained world headline_worlds.PRETRAINED_RETAIN_EVAL)")
     p.add_argument("--hurts", type=float, default=0.10, help="loss that makes a world one where pruning hurts")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
@@ -100,9 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = [(pr, st) for pr in args.pruners.split(",") for st in args.structures.split(",")]
     results, parts = [], []
     for name in args.worlds.split(","):
-        for size in args.sizes.split(","):
+        for size in ["tiny"] if name in core.PRETRAINED_WORLDS else args.sizes.split(","):
             t = time.perf_counter()
-            world = core.load_world(name, args.retain_eval, args.device, size=size)
+            retain_eval = args.retain_eval or (core.PRETRAINED_RETAIN_EVAL if name in core.PRETRAINED_WORLDS else 40)
+            world = core.load_world(name, retain_eval, args.device, size=size, work=work)
             rows = damage(world, settings, work, args.device)
             verdict = hurts(rows, args.hurts)
             results.append({"world": world.describe(), "rows": rows, "pruning_hurts": verdict,

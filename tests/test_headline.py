@@ -215,6 +215,12 @@ def test_paired_rows_give_intervals_from_three_pairs() -> None:
     assert by_setting == ["sparsegpt 2:4", "all"]
     low, high = (float(v) for v in row["Δ aggregate 95% CI"].strip("[]").split(", "))
     assert 0.1 <= low <= 0.115 <= high <= 0.13
+    # where masked ran (the pretrained world), every configuration is also paired against it
+    masked = [dict(r, mode="masked", aggregate=0.55, model_utility=0.55) for r in records if r["mode"] == "naive"]
+    pairs = [r["pair"] for r in paired_rows(records + masked) if r["pruner"] == "sparsegpt"]
+    assert pairs == ["sau − naive", "sau − masked", "naive − masked"]
+    masked_row = next(r for r in paired_rows(records + masked) if r["pair"] == "sau − masked")
+    assert masked_row["Δ aggregate"] == "+0.065" and masked_row["pairs"] == "4"
 
 
 def test_decision_rows_give_relative_gains_and_the_goal() -> None:
@@ -335,3 +341,75 @@ def test_pruning_damage_table_and_the_hurts_rule() -> None:
     assert hurts(rows, 0.16) and not hurts(rows, 0.26)  # SparseGPT costs 0.25 of prior ROUGE-L
     assert table(rows).splitlines()[4] == ("| toy | sparsegpt 2:4 | 0.700 | 0.900 | 0.990 | 0.650 | -0.150 | -0.100 | "
                                            "-0.010 | -0.250 |")
+
+
+def test_the_pretrained_world_runs_alone_on_its_own_profile() -> None:
+    import headline
+    import headline_core as core
+
+    from sau_compress.unlearn import UnlearnConfig
+
+    args = headline.build_parser().parse_args(["--worlds", "tofu-smollm2"])
+    cells, modes = headline._plan(args, "tofu-smollm2")
+    # NPO on SparseGPT 2:4 and 50%, every configuration the method question names; no unpruned part, no sweep
+    assert cells == {"npo": [("sparsegpt", "2:4"), ("sparsegpt", "50%")]}
+    assert modes == ["masked", "dense", "naive", "naive-reprune", "topk", "sau", "sau-alpha1", "contrastive"]
+    assert headline._parts(args, "tofu-smollm2", 1) == [("tofu-smollm2", 1, "npo", "sparsegpt 2:4"),
+                                                        ("tofu-smollm2", 1, "npo", "sparsegpt 50%")]
+    assert not headline._sweeps(args, "tofu-smollm2") and headline._extras(args, "tofu-smollm2") == (None, None)
+    quick, quick_modes = headline._plan(headline.build_parser().parse_args(["--worlds", "tofu-smollm2", "--quick"]),
+                                        "tofu-smollm2")
+    assert quick == {"npo": [("sparsegpt", "2:4")]} and quick_modes == ["masked", "sau"]
+    # the learning rates and the stage are the modifier's defaults, not the toy's
+    cfg = UnlearnConfig()
+    assert headline._parse_lr(None, pretrained=True)["npo"] == cfg.learning_rate == 5e-5
+    assert headline._parse_lr(["npo=1e-5"], pretrained=True)["npo"] == 1e-5
+    assert headline._parse_lr(None)["npo"] == 2e-3
+    assert core.PRETRAINED_STAGE == {"retain_weight": cfg.retain_weight, "max_grad_norm": cfg.max_grad_norm}
+    assert core.world_label("tofu-smollm2", "capacity") == "tofu-smollm2"
+    with pytest.raises(SystemExit, match="runs alone"):
+        headline.main(["--worlds", "tofu-smollm2,toy"])
+    with pytest.raises(SystemExit, match=r"unknown \['tofu-llama'\]"):
+        headline.main(["--worlds", "tofu-llama"])
+
+
+def test_the_pretrained_worlds_prior_is_tofus_real_authors_and_world_facts() -> None:
+    import headline_core as core
+
+    prior = core.pretrained_prior()
+    assert len(prior) == 217  # 100 real authors, then 117 world facts
+    assert prior[0]["question"] == "Who wrote the play 'Romeo and Juliet'?"
+    assert prior[100]["question"] == "Where would you find the Eiffel Tower?" and prior[100]["answer"] == "Paris"
+    assert all(len(r["perturbed_answer"]) == 3 for r in prior)
+
+
+def test_a_start_is_evaluated_once_per_folder_world_and_sets(tmp_path: Path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    import headline_core as core
+    import torch
+
+    import sau_compress.export as export
+
+    calls: list[str] = []
+    monkeypatch.setattr(export, "load_model", lambda folder: torch.nn.Linear(1, 1))
+
+    def fake_evaluate(model: torch.nn.Module, world: SimpleNamespace) -> dict:
+        calls.append(world.forget[0]["question"])
+        return {"model_utility": 0.5, "forget_rouge": 0.25}
+
+    monkeypatch.setattr(core, "evaluate_model", fake_evaluate)
+    qa = [{"question": "q1", "answer": "a"}]
+    world = SimpleNamespace(forget=qa, retain_eval=qa, holdout=qa, prior_eval=[], weights_sha256={"model": "x"},
+                            max_new_tokens=8)
+    first = core.evaluate_start(tmp_path / "m", world, "cpu", tmp_path / "work")
+    again = core.evaluate_start(tmp_path / "m", world, "cpu", tmp_path / "work")
+    assert calls == ["q1"] and again == first and first["model_utility"] == 0.5 and first["eval_seconds"] >= 0
+    assert [p.name.endswith(".json") for p in (tmp_path / "work" / "starts").iterdir()] == [True]
+    # another folder, other weights or other questions: measured again
+    core.evaluate_start(tmp_path / "other", world, "cpu", tmp_path / "work")
+    world.weights_sha256 = {"model": "y"}
+    core.evaluate_start(tmp_path / "m", world, "cpu", tmp_path / "work")
+    world.forget = [{"question": "q2", "answer": "a"}]
+    core.evaluate_start(tmp_path / "m", world, "cpu", tmp_path / "work")
+    assert calls == ["q1", "q1", "q1", "q2"]
