@@ -413,3 +413,22 @@ def test_a_start_is_evaluated_once_per_folder_world_and_sets(tmp_path: Path, mon
     world.forget = [{"question": "q2", "answer": "a"}]
     core.evaluate_start(tmp_path / "m", world, "cpu", tmp_path / "work")
     assert calls == ["q1", "q1", "q1", "q2"]
+
+
+def test_a_pretrained_world_calibrates_its_pruners_on_the_fine_tuning_data(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import headline_core as core
+
+    forget = [{"question": f"f{i}"} for i in range(40)]
+    retain = [{"question": f"r{i}"} for i in range(100)]
+    toy = SimpleNamespace(forget=forget, retain=retain, calibration="retain", root=tmp_path, name="w")
+    assert [r["question"] for r in core.calibration_records(toy)][:3] == ["r0", "r1", "r3"]  # 64 of 100, spread
+    assert len(core.calibration_records(toy)) == 64
+    tofu = SimpleNamespace(forget=forget[:4], retain=retain[:20], calibration="train", root=tmp_path, name="w")
+    assert [r["question"] for r in core.calibration_records(tofu)] == [*(f"f{i}" for i in range(4)),
+                                                                       *(f"r{i}" for i in range(20))]
+    # each calibration is pruned into a folder of its own
+    assert core.pruned_path(toy, "sparsegpt", "2:4", tmp_path) != core.pruned_path(tofu, "sparsegpt", "2:4", tmp_path)
+    toy.calibration = "train"
+    assert core.pruned_path(toy, "sparsegpt", "2:4", tmp_path) == core.pruned_path(tofu, "sparsegpt", "2:4", tmp_path)
