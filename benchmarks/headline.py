@@ -205,7 +205,7 @@ SWEEP_WORLDS = ("toy",)
 
 #: The pretrained world (``tofu-smollm2``: SmolLM2-135M-Instruct fine-tuned on TOFU authors,
 #: ``headline_worlds.PRETRAINED_WORLDS``) answers the method question where users are: NPO at the modifier's
-#: settings (:data:`PRETRAINED_LR`, ``headline_worlds.PRETRAINED_STAGE``: retain weight 5, clipping 1.0, batch
+#: settings (:data:`PRETRAINED_LR`, ``headline_worlds.PRETRAINED_STAGE``: retain weight 15, clipping 1.0, batch
 #: 4) on SparseGPT 2:4 and 50%, every configuration of the issue's list at matched forgetting, 3 seeds. No
 #: unpruned run and no unlearn-then-sparsify (``naive-reprune`` is that order on the pruned model), no ablations
 #: and no fixed budget by default (``budget`` runs them when set; each point is a full evaluation, about

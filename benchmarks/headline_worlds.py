@@ -39,9 +39,9 @@ PRETRAINED_WORLDS: dict[str, str] = {"tofu-smollm2": "smollm2-135m-instruct"}
 
 
 #: the SAU stage's fields on a pretrained world where the benchmark's toy settings differ from the modifier's
-#: defaults (which were measured on SmolLM2, docs/pretrained.md): the retain term 5x the forget term, and
+#: defaults (which were measured on SmolLM2, docs/pretrained.md): the retain term 15x the forget term, and
 #: gradients clipped at 1.0
-PRETRAINED_STAGE: dict[str, float] = {"retain_weight": 5.0, "max_grad_norm": 1.0}
+PRETRAINED_STAGE: dict[str, float] = {"retain_weight": 15.0, "max_grad_norm": 1.0}
 
 #: retain records (and as many prior-knowledge records) model utility uses on a pretrained world: one
 #: evaluation of the 135M model scores about 500 answers, minutes on one CPU thread

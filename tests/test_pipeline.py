@@ -95,7 +95,7 @@ def test_npo_recipes_spell_out_the_modifiers_pretrained_defaults(name):
     keys = ("method", "learning_rate", "epochs", "batch_size", "retain_weight", "max_grad_norm")
     defaults = UnlearnConfig()
     assert {k: fields[k] for k in keys} == {k: getattr(defaults, k) for k in keys}
-    assert (defaults.method, defaults.learning_rate, defaults.epochs, defaults.retain_weight) == ("npo", 5e-5, 10, 5.0)
+    assert (defaults.method, defaults.learning_rate, defaults.epochs, defaults.retain_weight) == ("npo", 5e-5, 10, 15.0)
 
 
 def test_resolve_recipe_by_name_with_or_without_yaml_and_by_path(tiny_recipe):
