@@ -69,7 +69,8 @@ import headline_report as report  # noqa: E402
 DEFAULT_LR = {"grad_diff": 1e-3, "npo": 2e-3, "simnpo": 5e-3, "grad_ascent": 1e-3}
 #: the same on a pretrained world, as users run pretrained models: NPO at the modifier's default (5e-5, measured
 #: on SmolLM2 in docs/pretrained.md), the others at open-unlearning's TOFU rate (1e-5)
-PRETRAINED_LR = {"grad_diff": 1e-5, "npo": 5e-5, "simnpo": 1e-5, "grad_ascent": 1e-5}
+PRETRAINED_LR = {"grad_diff": 1e-5, "npo": core.MODIFIER_DEFAULTS["learning_rate"], "simnpo": 1e-5,
+                 "grad_ascent": 1e-5}
 #: what ``--modes`` accepts: the benchmark's modes and the named configurations of ``headline_core.VARIANTS``
 CONFIGURATIONS = (*core.MODES, *(v for v in core.VARIANTS if v not in core.MODES))
 SWEEP_TOPK = (0.1, 0.3, 0.5)
@@ -208,19 +209,21 @@ SWEEP_WORLDS = ("toy",)
 #: settings (:data:`PRETRAINED_LR`, ``headline_worlds.PRETRAINED_STAGE``: retain weight 15, clipping 1.0, batch
 #: 4) on SparseGPT 2:4 and 50%, every configuration of the issue's list at matched forgetting, 3 seeds. No
 #: unpruned run and no unlearn-then-sparsify (``naive-reprune`` is that order on the pruned model), no ablations
-#: and no fixed budget by default (``budget`` runs them when set; each point is a full evaluation, about
-#: 1.5 minutes on one CPU thread). One 135M step costs seconds on the CPU, a forgetting check (40 greedy
-#: answers of up to 96 tokens) about 40 s: checked every 5 steps, at most 40 steps.
+#: and no fixed budget by default (``budget`` runs them when set; each point is a full evaluation, 6 to 12
+#: minutes on one CPU thread here). One 135M step costs seconds on the CPU, a forgetting check (40 greedy
+#: answers of up to 96 tokens) about 40 s: checked every 5 steps, at most 40 steps. The quick profile is the
+#: same on SparseGPT 2:4 alone, ``masked`` and ``sau``, one seed, 10 steps.
 PRETRAINED_MATCHED = ["masked", "dense", "naive", "naive-reprune", "topk", "sau", "sau-alpha1", "contrastive"]
 PRETRAINED_PROFILE: dict[str, dict[str, Any]] = {
     "tofu-smollm2": {"modes": PRETRAINED_MATCHED, "cells": {"npo": [("sparsegpt", "2:4"), ("sparsegpt", "50%")]},
-                     "ablation": None, "budget": None, "unpruned": False, "batch_size": 4, "check_every": 5,
-                     "max_steps": 40, "seeds": 3, "retain_eval": core.PRETRAINED_RETAIN_EVAL},
+                     "ablation": None, "budget": None, "unpruned": False,
+                     "batch_size": core.MODIFIER_DEFAULTS["batch_size"], "check_every": 5, "max_steps": 40,
+                     "seeds": 3, "retain_eval": core.PRETRAINED_RETAIN_EVAL},
 }
 PRETRAINED_QUICK: dict[str, dict[str, Any]] = {
-    "tofu-smollm2": {"modes": ["masked", "sau"], "cells": {"npo": [("sparsegpt", "2:4")]}, "ablation": None,
-                     "budget": None, "unpruned": False, "batch_size": 4, "check_every": 5, "max_steps": 10,
-                     "seeds": 1, "retain_eval": core.PRETRAINED_RETAIN_EVAL},
+    name: {**profile, "modes": ["masked", "sau"], "cells": {"npo": [("sparsegpt", "2:4")]}, "max_steps": 10,
+           "seeds": 1}
+    for name, profile in PRETRAINED_PROFILE.items()
 }
 
 
@@ -457,9 +460,10 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
     all_cells, modes = _plan(args, wname)
     cells = {m: v for m, v in all_cells.items() if args.part_method in (None, m)}
     settings = sorted({st for v in (cells if args.worker else all_cells).values() for st in v})
-    max_steps = args.max_steps or _profile(args, wname).get("max_steps") or (
+    profile = _profile(args, wname)
+    max_steps = args.max_steps or profile.get("max_steps") or (
         150 if args.model_size == "capacity" else 120 if wname == "toy" else 80)
-    unpruned = _profile(args, wname).get("unpruned", True)
+    unpruned = profile.get("unpruned", True)
 
     def record(rec: dict[str, Any]) -> dict[str, Any]:
         done[rec["key"]] = rec
@@ -567,17 +571,12 @@ def _sweeps(args: argparse.Namespace, world: str) -> bool:
 
 def _parts(args: argparse.Namespace, world: str, seed: int) -> list[tuple[str, int, str, str]]:
     """The (world, seed, base method, setting) parts of one seed, run by worker processes: per base method the
-    unpruned run (with unlearn-then-sparsify) and one part per pruning setting."""
+    unpruned run (with unlearn-then-sparsify; not on a profile with ``unpruned: False``) and one part per pruning
+    setting."""
     cells, _ = _plan(args, world)
     first = ["unpruned"] if _profile(args, world).get("unpruned", True) else []
     return [(world, seed, method, setting) for method, settings in cells.items()
             for setting in [*first, *(f"{p} {s}" for p, s in settings)]]
-
-
-def core_load(folder: Path, device: str) -> torch.nn.Module:
-    from sau_compress.export import load_model
-
-    return load_model(folder).to(device).eval()
 
 
 def core_log(rec: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ import torch
 from headline_worlds import (  # noqa: F401  (re-exported: core.MODEL_SIZES, core.world_label, ...)
     BUNDLED_TOFU_DIR,
     MODEL_SIZES,
+    MODIFIER_DEFAULTS,
     PRETRAINED_PRIOR_FILES,
     PRETRAINED_RETAIN_EVAL,
     PRETRAINED_STAGE,
@@ -457,12 +458,6 @@ def make_spec(world: str, kind: str, setting: str, method: str, variant: str, se
     return RunSpec(world, kind, setting, method, variant, seed, learning_rate, fields["topk_ratio"], fields["alpha"])
 
 
-def _retain_weight(method: str, world: World | None = None) -> float:
-    if method == "grad_ascent":
-        return 0.0
-    return float((world.stage_fields if world is not None else {}).get("retain_weight", 1.0))
-
-
 def _sau_stage(world: World, callback: Any, method: str, learning_rate: float, max_steps: int, batch_size: int,
                seed: int, device: str, **fields: Any) -> Any:
     """The benchmark's SAU stage, as a recipe would hold it: the base method's retain weight, no progress bars,
@@ -472,12 +467,16 @@ def _sau_stage(world: World, callback: Any, method: str, learning_rate: float, m
     from sau_compress.modifier import SparsityAwareUnlearningModifier
     from sau_compress.unlearn import UnlearnJob
 
-    fields = {**{k: v for k, v in world.stage_fields.items() if k != "retain_weight"}, **fields}
+    stage = dict(world.stage_fields)
+    retain_weight = stage.pop("retain_weight", 1.0)
+    if method == "grad_ascent":  # no retain term
+        retain_weight = 0.0
+    fields = {**stage, **fields}
     fields.setdefault("max_grad_norm", None)
 
     modifier = SparsityAwareUnlearningModifier(
         method=method, learning_rate=learning_rate, max_steps=max_steps, batch_size=batch_size,
-        retain_weight=_retain_weight(method, world), seed=seed, device=device, progress=False, **fields,
+        retain_weight=retain_weight, seed=seed, device=device, progress=False, **fields,
     )
     modifier.assign(UnlearnJob(world.forget_items, world.retain_items, world.tokenizer.pad_token_id, callback))
     return modifier

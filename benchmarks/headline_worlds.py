@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from sau_compress.data import tofu_data_dir
+from sau_compress.unlearn.config import UnlearnConfig
 
-__all__ = ["BUNDLED_TOFU_DIR", "MODEL_SIZES", "PRETRAINED_PRIOR_FILES", "PRETRAINED_RETAIN_EVAL", "PRETRAINED_STAGE",
-           "PRETRAINED_WORLDS", "WORLD_PEOPLE", "WORLD_PRIOR", "build_world", "headline_tofu_data_dir",
-           "pretrained_prior", "world_label"]
+__all__ = ["BUNDLED_TOFU_DIR", "MODEL_SIZES", "MODIFIER_DEFAULTS", "PRETRAINED_PRIOR_FILES", "PRETRAINED_RETAIN_EVAL",
+           "PRETRAINED_STAGE", "PRETRAINED_WORLDS", "WORLD_PEOPLE", "WORLD_PRIOR", "build_world",
+           "headline_tofu_data_dir", "pretrained_prior", "world_label"]
 
 #: model sizes of the worlds, as overrides of the world's training config: ``tiny`` (hidden 192, 4 layers,
 #: 2.2-2.6M parameters; trained on the CPU, the CPU default) and ``large`` (hidden 512, 8 layers, about 28M
@@ -38,10 +39,13 @@ WORLD_PRIOR: dict[str, int] = {"capacity": 48}
 PRETRAINED_WORLDS: dict[str, str] = {"tofu-smollm2": "smollm2-135m-instruct"}
 
 
+#: the modifier's defaults a pretrained world runs at (measured on SmolLM2, docs/pretrained.md), read from
+#: ``UnlearnConfig`` so the benchmark follows them
+MODIFIER_DEFAULTS: dict[str, Any] = {k: getattr(UnlearnConfig(), k)
+                                     for k in ("learning_rate", "batch_size", "retain_weight", "max_grad_norm")}
 #: the SAU stage's fields on a pretrained world where the benchmark's toy settings differ from the modifier's
-#: defaults (which were measured on SmolLM2, docs/pretrained.md): the retain term 15x the forget term, and
-#: gradients clipped at 1.0
-PRETRAINED_STAGE: dict[str, float] = {"retain_weight": 15.0, "max_grad_norm": 1.0}
+#: defaults: the retain term's weight, and clipping
+PRETRAINED_STAGE: dict[str, Any] = {k: MODIFIER_DEFAULTS[k] for k in ("retain_weight", "max_grad_norm")}
 
 #: retain records (and as many prior-knowledge records) model utility uses on a pretrained world: one
 #: evaluation of the 135M model scores about 500 answers, minutes on one CPU thread

@@ -366,6 +366,8 @@ def test_the_pretrained_world_runs_alone_on_its_own_profile() -> None:
     assert headline._parse_lr(["npo=1e-5"], pretrained=True)["npo"] == 1e-5
     assert headline._parse_lr(None)["npo"] == 2e-3
     assert core.PRETRAINED_STAGE == {"retain_weight": cfg.retain_weight, "max_grad_norm": cfg.max_grad_norm}
+    assert core.PRETRAINED_STAGE == {"retain_weight": 15.0, "max_grad_norm": 1.0}
+    assert headline.PRETRAINED_PROFILE["tofu-smollm2"]["batch_size"] == cfg.batch_size == 4
     assert core.world_label("tofu-smollm2", "capacity") == "tofu-smollm2"
     with pytest.raises(SystemExit, match="runs alone"):
         headline.main(["--worlds", "tofu-smollm2,toy"])
@@ -432,3 +434,22 @@ def test_a_pretrained_world_calibrates_its_pruners_on_the_fine_tuning_data(tmp_p
     assert core.pruned_path(toy, "sparsegpt", "2:4", tmp_path) != core.pruned_path(tofu, "sparsegpt", "2:4", tmp_path)
     toy.calibration = "train"
     assert core.pruned_path(toy, "sparsegpt", "2:4", tmp_path) == core.pruned_path(tofu, "sparsegpt", "2:4", tmp_path)
+
+
+def test_the_sau_stage_takes_a_pretrained_worlds_retain_weight_and_clipping() -> None:
+    from types import SimpleNamespace
+
+    import headline_core as core
+
+    item = {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}
+    world = SimpleNamespace(stage_fields=dict(core.PRETRAINED_STAGE), forget_items=[item], retain_items=[item],
+                            tokenizer=SimpleNamespace(pad_token_id=0))
+    npo = core._sau_stage(world, None, "npo", 5e-5, 10, 4, 0, "cpu", mode="masked")
+    assert (npo.retain_weight, npo.max_grad_norm) == (15.0, 1.0)
+    assert world.stage_fields == {"retain_weight": 15.0, "max_grad_norm": 1.0}  # read, not consumed
+    assert core._sau_stage(world, None, "grad_ascent", 5e-5, 10, 4, 0, "cpu").retain_weight == 0.0
+    # a field given to the stage wins over the world's; the toy worlds keep retain weight 1 and no clipping
+    assert core._sau_stage(world, None, "npo", 5e-5, 10, 4, 0, "cpu", max_grad_norm=0.5).max_grad_norm == 0.5
+    world.stage_fields = {}
+    toy = core._sau_stage(world, None, "grad_diff", 1e-3, 10, 8, 0, "cpu")
+    assert (toy.retain_weight, toy.max_grad_norm) == (1.0, None)
