@@ -256,3 +256,44 @@ def test_a_model_unlearned_for_too_few_steps_is_caught(toy_world):
     (entry,) = result["attacks"]
     assert entry["holds"] is False and result["holds"] is False
     assert entry["value"] > entry["threshold"] + 0.2
+
+
+def test_a_reference_cache_measures_the_retain_model_once_per_attack(tiny_model, tokenizer, qa_records, monkeypatch):
+    import sau_compress.audit.core as core
+    from sau_compress.audit import AuditSettings, Subject, audit
+
+    retain_net = type(tiny_model)(tiny_model.config)
+    torch.manual_seed(1)
+    retain_net.load_state_dict({k: v + 0.01 * torch.randn_like(v) for k, v in tiny_model.state_dict().items()})
+    sets = {"forget": qa_records[:2], "retain": qa_records[2:], "holdout": qa_records[2:4]}
+    settings = AuditSettings(max_new_tokens=8, batch_size=4)
+    measured: list[str] = []
+    real = core.measure
+
+    def counting(subject, *args, **kwargs):
+        measured.append(subject)
+        return real(subject, *args, **kwargs)
+
+    monkeypatch.setattr(core, "measure", counting)
+    attacks = ["quant-int8", "prune-more"]
+    plain = audit(Subject(tiny_model, tokenizer, "plain"), sets, Subject(retain_net, tokenizer, "plain"), attacks,
+                  settings)
+    calls_without = len(measured)
+    cache: dict = {}
+    first = audit(Subject(tiny_model, tokenizer, "plain"), sets, Subject(retain_net, tokenizer, "plain"), attacks,
+                  settings, reference_cache=cache)
+    assert sorted(k.split("|")[0] for k in cache) == ["base", "prune-more", "quant-int8"]
+    cache = json.loads(json.dumps(cache))  # what a caller keeps on disk
+    measured.clear()
+    second = audit(Subject(tiny_model, tokenizer, "plain"), sets, Subject(retain_net, tokenizer, "plain"), attacks,
+                   settings, reference_cache=cache)
+    assert len(measured) == calls_without - 3  # base, int8 and prune-more: the model only
+    for a, b, c in zip(plain["attacks"], first["attacks"], second["attacks"], strict=True):
+        assert a["value"] == b["value"] == c["value"] and a["level"] == b["level"] == c["level"]
+        assert a["holds"] == c["holds"] and a["retain_model_after"] == c["retain_model_after"]
+    assert second["attacks"][1]["pruning"]["retain_model"] == plain["attacks"][1]["pruning"]["retain_model"]
+    other = AuditSettings(max_new_tokens=9, batch_size=4)  # other settings: another key, measured again
+    measured.clear()
+    audit(Subject(tiny_model, tokenizer, "plain"), sets, Subject(retain_net, tokenizer, "plain"), ["quant-int8"],
+          other, reference_cache=cache)
+    assert len(measured) == 4 and len(cache) == 5

@@ -16,8 +16,10 @@ attack) and model utility (harmonic mean over the retain set's probability, ROUG
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -178,18 +180,35 @@ class _Auditor:
     """Runs the attacks on one model (and its retain model), sharing the unattacked measurements."""
 
     def __init__(self, subject: Subject, sets: dict[str, list[dict[str, Any]]], retain: Subject | None,
-                 settings: AuditSettings) -> None:
+                 settings: AuditSettings, reference_cache: MutableMapping[str, Any] | None = None) -> None:
         self.subject, self.sets, self.retain, self.settings = subject, sets, retain, settings
+        self.cache = reference_cache
         self._base: dict[str, Any] = {}
 
+    def cache_key(self, name: str, sets: dict[str, list[dict[str, Any]]], utility: bool, mia: bool) -> str:
+        """The key of the retain model's measurement under attack ``name``: the attack, the settings and a
+        digest of the records measured (a change to any of them is a different measurement)."""
+        blob = json.dumps([name, asdict(self.settings), utility, mia, sets], sort_keys=True, default=str)
+        return f"{name}|{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
     def pair(self, transform: Callable[[Subject], Subject] | None, sets: dict[str, list[dict[str, Any]]],
-             utility: bool = True, mia: bool = False) -> dict[str, Any]:
-        """Measure the retain model, then the model, each after ``transform`` (``None``: as they are)."""
+             utility: bool = True, mia: bool = False, name: str = "base") -> dict[str, Any]:
+        """Measure the retain model, then the model, each after ``transform`` (``None``: as they are).
+
+        With a reference cache the retain model's measurement under attack ``name`` is read from it when
+        there, else measured and stored in it."""
         out: dict[str, Any] = {"model": None, "retain_model": None}
         ref_results = None
         if self.retain is not None:
-            ref = transform(self.retain) if transform else self.retain
-            out["retain_model"], ref_results = measure(ref, sets, self.settings, None, utility, mia, False)
+            key = self.cache_key(name, sets, utility, mia) if self.cache is not None else ""
+            if self.cache is not None and key in self.cache:
+                out["retain_model"], ref_results = self.cache[key]["scores"], self.cache[key]["results"]
+                logger.info(f"audit: the retain model under {name} read from the reference cache")
+            else:
+                ref = transform(self.retain) if transform else self.retain
+                out["retain_model"], ref_results = measure(ref, sets, self.settings, None, utility, mia, False)
+                if self.cache is not None:
+                    self.cache[key] = {"scores": out["retain_model"], "results": ref_results}
         subject = transform(self.subject) if transform else self.subject
         out["model"], _ = measure(subject, sets, self.settings, ref_results, utility, mia, self.retain is None)
         return out
@@ -226,7 +245,8 @@ class _Auditor:
 
     def quant(self, name: str) -> dict[str, Any]:
         scheme = QUANT_SCHEMES[name]
-        after = self.pair(lambda s: Subject(quantized_copy(s.model, scheme), s.tokenizer, s.prompt_format), self.sets)
+        after = self.pair(lambda s: Subject(quantized_copy(s.model, scheme), s.tokenizer, s.prompt_format), self.sets,
+                          name=name)
         return self.verdict(name, self.base(), after, scheme=asdict(scheme))
 
     def prune_more(self) -> dict[str, Any]:
@@ -237,13 +257,17 @@ class _Auditor:
             info.setdefault("model" if s is self.subject else "retain_model", stats)
             return Subject(variant, s.tokenizer, s.prompt_format)
 
-        after = self.pair(transform, self.sets)
+        after = self.pair(transform, self.sets, name="prune-more")
+        if self.cache is not None and self.retain is not None:  # the retain model's pruning, kept beside its scores
+            entry = self.cache[self.cache_key("prune-more", self.sets, True, False)]
+            info.setdefault("retain_model", entry.setdefault("pruning", info.get("retain_model")))
         return self.verdict("prune-more", self.base(), after, pruning=info)
 
     def paraphrase(self) -> dict[str, Any]:
         variants = paraphrase_variants(self.sets, self.subject.tokenizer, self.subject.prompt_format,
                                        self.settings.shots)
-        measured = {v: self.pair(None, dict(self.sets, **vsets), utility=False) for v, vsets in variants.items()}
+        measured = {v: self.pair(None, dict(self.sets, **vsets), utility=False, name=f"paraphrase:{v}")
+                    for v, vsets in variants.items()}
         entries = {v: self.verdict(f"paraphrase:{v}", self.base(), m) for v, m in measured.items()}
         # the verdict is the worst variant's: the one whose forget score exceeds its level the most
         worst = max(entries, key=lambda v: -1e9 if entries[v]["value"] is None or entries[v]["level"] is None
@@ -266,8 +290,8 @@ class _Auditor:
                                                     st.relearn_batch_size, s.prompt_format, st.seed),
                                      s.tokenizer, s.prompt_format)
 
-        before = self.pair(None, test_sets, utility=False)
-        after = self.pair(tuned(train), test_sets)
+        before = self.pair(None, test_sets, utility=False, name="relearn:before")
+        after = self.pair(tuned(train), test_sets, name="relearn")
         control_records = self.sets["retain"][:n_control]
         control_model = tuned(control_records)(self.subject)
         control, _ = measure(control_model, test_sets, st, utility=False)
@@ -297,6 +321,7 @@ def audit(
     retain: Subject | None = None,
     attacks: Sequence[str] | None = None,
     settings: AuditSettings | None = None,
+    reference_cache: MutableMapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``attacks`` on ``subject`` and give each a verdict (see the module docstring).
 
@@ -304,6 +329,9 @@ def audit(
     :param sets: QA sets ``forget``, ``retain`` and (for ``mia`` and the holdout level) ``holdout``
     :param retain: the retain model, the reference level; ``None``: the holdout level
     :param attacks: attack names (default: every one of :data:`ATTACKS`)
+    :param reference_cache: the retain model's measurements per attack, read when there and stored when not
+        (keyed by attack, settings and records): auditing many models against one retain model measures it
+        once per attack. The caller keeps one cache per retain model; it must hold JSON-like values only.
     :return: ``attacks`` (one entry per attack: ``name``, ``holds``, ``score``, ``value``, ``level``,
         ``threshold``, ``before``/``after`` scores ...), ``holds`` (all attacks hold), ``settings``,
         ``reference`` (``retain_model`` or ``holdout``), ``seconds``
@@ -315,7 +343,7 @@ def audit(
             raise UserError(f"the audit needs a non-empty {name} set (--{name})")
     if retain is None and not sets.get("holdout"):
         raise UserError("the audit needs a reference: pass --retain-model or --holdout")
-    auditor = _Auditor(subject, sets, retain, settings)
+    auditor = _Auditor(subject, sets, retain, settings, reference_cache)
     entries = []
     for name in names:
         start = time.perf_counter()
