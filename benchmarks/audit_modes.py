@@ -11,6 +11,15 @@ ROUGE-L recall and its rise over the unattacked model, and how many seeds hold).
 
     python benchmarks/audit_modes.py --seeds 0,1,2    # attacks: quant-fp8,quant-int8,quant-int4,prune-more
     python benchmarks/audit_modes.py --report
+
+On the pretrained world (``--world tofu-smollm2``) the unlearning is the headline's pretrained profile (NPO at
+the modifier's settings, ``headline.PRETRAINED_PROFILE``) on ``--setting`` (default SparseGPT 50%), the
+attacks add ``relearn`` (10 steps at the unlearning learning rate, batch 4), and each run's headline record
+is also appended to ``--runs`` (the headline's JSONL of that world: the audited runs are its matched-forgetting
+runs too, at the same keys). The retain model's attacked measurements are the same for every mode and seed,
+so they are measured once and kept in ``--reference-cache``:
+
+    python benchmarks/audit_modes.py --world tofu-smollm2 --modes masked,dense,sau,naive --seeds 1
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,33 +46,82 @@ def _read(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+PRETRAINED_OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "headline_pretrained"
+
+
+def _plan(args: argparse.Namespace) -> dict[str, Any]:
+    """The unlearning and audit settings of ``args.world`` (toy: GradDiff on SparseGPT 2:4, as before)."""
+    if args.world == "toy":
+        return {"setting": args.setting or "sparsegpt 2:4", "method": "grad_diff", "lr": args.lr or core_lr(),
+                "max_steps": args.max_steps or 120, "check_every": 3, "batch": 8, "retain_eval": 40, "audit": {}}
+    from headline import PRETRAINED_LR, PRETRAINED_PROFILE
+
+    profile = PRETRAINED_PROFILE[args.world]
+    (method,) = profile["cells"]
+    lr = args.lr or PRETRAINED_LR[method]
+    return {"setting": args.setting or "sparsegpt 50%", "method": method, "lr": lr,
+            "max_steps": args.max_steps or profile["max_steps"], "check_every": profile["check_every"],
+            "batch": profile["batch_size"], "retain_eval": profile["retain_eval"],
+            "audit": {"relearn_steps": 10, "relearn_lr": lr, "relearn_batch_size": 4, "batch_size": 16}}
+
+
+def _load_cache(path: Path | None) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def _save_cache(path: Path | None, cache: dict[str, Any]) -> None:
+    """Merge ``cache`` into the file (another worker may have added entries) and replace it atomically."""
+    if path is None:
+        return
+    merged = {**_load_cache(path), **cache}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(merged))
+    os.replace(tmp, path)
+
+
 def run(args: argparse.Namespace) -> None:
     from sau_compress.audit import AuditSettings, Subject, audit
+    from sau_compress.data import resolve_prompt_format
     from sau_compress.export import load_model
 
     torch.set_num_threads(args.threads)
-    world = core.load_world("toy", 40, "cpu")
-    folder = core.pruned_dir(world, "sparsegpt", "2:4", core.default_work_dir())
+    plan = _plan(args)
+    work = core.default_work_dir()
+    world = core.load_world(args.world, plan["retain_eval"], "cpu", None, "tiny", work)
+    pruner, structure = plan["setting"].split(" ")
+    folder = core.pruned_dir(world, pruner, structure, work)
     sets = {"forget": world.forget, "retain": world.retain, "holdout": world.holdout}
-    retain = Subject(load_model(world.retain_model_dir).eval(), world.tokenizer, "plain")
-    done = {(r["mode"], r["seed"]) for r in _read(args.out)}
+    fmt = resolve_prompt_format(world.tokenizer, "auto", log=False)
+    retain = Subject(load_model(world.retain_model_dir).eval(), world.tokenizer, fmt)
+    done = {(r["mode"], r["seed"]) for r in _read(args.out) if r.get("setting", "sparsegpt 2:4") == plan["setting"]}
+    runs_done = {r["key"] for r in _read(args.runs)} if args.runs else set()
     for seed in args.seeds:
         for mode in args.modes:
             if (mode, seed) in done:
                 continue
-            spec = core.RunSpec("toy", "matrix", "sparsegpt 2:4", "grad_diff", mode, seed, args.lr)
+            spec = core.make_spec(world.name, "matrix", plan["setting"], plan["method"], mode, seed, plan["lr"])
             start = time.perf_counter()
-            record, model = core.run_unlearning(spec, world, folder, args.max_steps, 3, 8, "cpu", keep_model=True)
-            result = audit(Subject(model.eval(), world.tokenizer, "plain"), sets, retain, args.attacks,
-                           AuditSettings(seed=seed, utility_records=16))
-            row = {"mode": mode, "seed": seed, "steps": record["steps"], "reached": record["reached"],
+            record, model = core.run_unlearning(spec, world, folder, plan["max_steps"], plan["check_every"],
+                                                plan["batch"], "cpu", keep_model=True)
+            if args.runs and spec.key() not in runs_done:
+                core.append_record(args.runs, record)
+            cache = _load_cache(args.reference_cache)
+            settings = AuditSettings(seed=seed, utility_records=plan["retain_eval"],
+                                     max_new_tokens=world.max_new_tokens, **plan["audit"])
+            result = audit(Subject(model.eval(), world.tokenizer, fmt), sets, retain, args.attacks, settings,
+                           reference_cache=cache)
+            _save_cache(args.reference_cache, cache)
+            row = {"world": world.name, "setting": plan["setting"], "method": plan["method"], "mode": mode,
+                   "seed": seed, "learning_rate": plan["lr"], "steps": record["steps"], "reached": record["reached"],
                    "forget_rouge": record["forget_rouge"], "model_utility": record.get("model_utility"),
+                   "world_weights_sha256": world.weights_sha256.get("model"),
                    "seconds": time.perf_counter() - start,
-                   "attacks": [{k: a.get(k) for k in ("name", "holds", "value", "level", "threshold")}
+                   "attacks": [{k: a.get(k) for k in ("name", "holds", "value", "level", "threshold", "seconds")}
                                | {"before": a["before"]["forget_rouge"] if a["score"] == "forget_rouge"
                                   else a["before"].get("mia_auc")} for a in result["attacks"]]}
             core.append_record(args.out, row)
             print(json.dumps({k: row[k] for k in ("mode", "seed", "steps", "reached", "seconds")}), flush=True)
+            del model
 
 
 def _interval(values: list[float]) -> str:
@@ -79,7 +138,8 @@ def _interval(values: list[float]) -> str:
 
 def report(path: Path) -> str:
     rows = _read(path)
-    modes = [m for m in ("dense", "topk", "sau") if any(r["mode"] == m for r in rows)]
+    modes = [m for m in ("masked", "dense", "naive", "naive-reprune", "topk", "sau", "sau-alpha1", "contrastive")
+             if any(r["mode"] == m for r in rows)]
     attacks = list(dict.fromkeys(a["name"] for r in rows for a in r["attacks"]))
     lines = ["| attack | " + " | ".join(f"{m}: after (rise), holds" for m in modes) + " |",
              "|---" * (len(modes) + 1) + "|"]
@@ -100,21 +160,35 @@ def report(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--world", default="toy", choices=["toy", *core.PRETRAINED_WORLDS])
+    p.add_argument("--setting", help="pruner and structure, e.g. 'sparsegpt 2:4' (default: the world's)")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--modes", default="dense,topk,sau")
-    p.add_argument("--attacks", default="quant-fp8,quant-int8,quant-int4,prune-more")
-    p.add_argument("--lr", type=float, default=core_lr())
-    p.add_argument("--max-steps", type=int, default=120)
+    p.add_argument("--modes", default=None, help="default: dense,topk,sau (toy), masked,dense,sau,naive (pretrained)")
+    p.add_argument("--attacks", default=None,
+                   help="default: quant-fp8,quant-int8,quant-int4,prune-more (+relearn on a pretrained world)")
+    p.add_argument("--lr", type=float, default=None, help="default: the world's (toy 1e-3; pretrained: NPO's)")
+    p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"default {DEFAULT_OUT} (toy), {PRETRAINED_OUT}/audit_modes.jsonl (pretrained)")
+    p.add_argument("--runs", type=Path, default=None, help="where the headline records go (pretrained default: "
+                   f"{PRETRAINED_OUT}/headline_runs.jsonl; toy: none)")
+    p.add_argument("--reference-cache", type=Path, default=None,
+                   help="the retain model's attacked measurements (default: beside --out)")
     p.add_argument("--report", action="store_true", help="print the table of the runs in --out")
     args = p.parse_args(argv)
+    pretrained = args.world != "toy"
+    args.out = args.out or (PRETRAINED_OUT / "audit_modes.jsonl" if pretrained else DEFAULT_OUT)
     if args.report:
         print(report(args.out))
         return 0
+    if pretrained:
+        args.runs = args.runs or PRETRAINED_OUT / "headline_runs.jsonl"
+    args.reference_cache = args.reference_cache or args.out.with_name(f"{args.out.stem}_reference_cache.json")
     args.seeds = [int(s) for s in args.seeds.split(",")]
-    args.modes = args.modes.split(",")
-    args.attacks = args.attacks.split(",")
+    args.modes = (args.modes or ("masked,dense,sau,naive" if pretrained else "dense,topk,sau")).split(",")
+    args.attacks = (args.attacks or "quant-fp8,quant-int8,quant-int4,prune-more"
+                    + (",relearn" if pretrained else "")).split(",")
     run(args)
     print(report(args.out))
     return 0
