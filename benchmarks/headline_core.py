@@ -16,6 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from headline_prune import (  # noqa: F401  (re-exported: core.pruned_dir, core.PRUNERS, ...)
+    CALIBRATION_SAMPLES,
+    PRUNERS,
+    STRUCTURES,
+    calibration_records,
+    default_work_dir,
+    evenly,
+    make_pruner,
+    prune,
+    pruned_dir,
+    pruned_path,
+)
 from headline_worlds import (  # noqa: F401  (re-exported: core.MODEL_SIZES, core.world_label, ...)
     BUNDLED_TOFU_DIR,
     MODEL_SIZES,
@@ -34,7 +46,6 @@ from headline_worlds import (  # noqa: F401  (re-exported: core.MODEL_SIZES, cor
 from loguru import logger
 
 from sau_compress.data import load_qa, tokenize_records
-from sau_compress.io import atomic_output_dir, cache_dir
 
 __all__ = [
     "DEFAULT_MODES",
@@ -65,9 +76,6 @@ __all__ = [
     "world_label",
 ]
 
-PRUNERS = ("magnitude", "wanda", "sparsegpt")
-#: structure label -> ``mask_structure`` as llmcompressor spells it for SparseGPT/Wanda
-STRUCTURES = {"50%": "0:0", "2:4": "2:4"}
 METHODS = ("grad_diff", "npo", "simnpo", "grad_ascent")
 #: every mode the benchmark can run: the toolkit's modes, plus the baselines a practitioner gets without it
 #: (``naive``: no mask while training, the original mask re-applied at the end; ``naive-reprune``: no mask, then
@@ -82,8 +90,8 @@ FQ_DECADES = 20.0
 #: the capacity world in one call (on one CPU thread 240 answers take 0.28 s at once against 0.49 s in
 #: batches of 64; generation is batch-size independent, tests/test_evaluation.py)
 EVAL_BATCH = 256
-#: bump when pruning changes (part of the pruned-folder cache key)
-PRUNE_VERSION = 1
+
+
 @dataclass
 class World:
     """A benchmark world: model folders, QA sets, tokenizer, forgetting target and retain-model reference.
@@ -149,13 +157,6 @@ class World:
         }
 
 
-def _evenly(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    if n >= len(records):
-        return list(records)
-    step = len(records) / n
-    return [records[int(i * step)] for i in range(n)]
-
-
 def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = None, size: str = "tiny",
                work: Path | None = None) -> World:
     """Build or reuse a world, measure its forgetting target and the retain model's reference.
@@ -194,9 +195,9 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
         forget=sets["forget"],
         retain=sets["retain"],
         holdout=sets["holdout"],
-        retain_eval=_evenly(sets["retain"], retain_eval),
+        retain_eval=evenly(sets["retain"], retain_eval),
         prior=prior,
-        prior_eval=_evenly(prior, retain_eval) if prior else [],
+        prior_eval=evenly(prior, retain_eval) if prior else [],
         tokenizer=tokenizer,
         max_new_tokens=max_new_tokens,
         parameters=built.parameters,
@@ -336,91 +337,6 @@ def _cached(work: Path, ident: Any, compute: Any) -> dict[str, Any]:
     return value
 
 
-# ------------------------------------------------------------------------------------------------ pruning
-
-
-def _pruner(method: str, structure: str) -> Any:
-    if structure not in STRUCTURES:
-        raise ValueError(f"unknown structure '{structure}'; choose from {list(STRUCTURES)}")
-    mask = STRUCTURES[structure]
-    ignore = ["re:.*lm_head"]
-    if method == "magnitude":
-        from sau_compress.magnitude import OneShotMagnitudePruningModifier
-
-        return OneShotMagnitudePruningModifier(
-            sparsity=0.5, mask_structure="unstructured" if mask == "0:0" else mask, ignore=ignore
-        )
-    if method == "wanda":
-        from llmcompressor.modifiers.pruning import WandaPruningModifier
-
-        return WandaPruningModifier(sparsity=0.5, mask_structure=mask, targets=["Linear"], ignore=ignore)
-    if method == "sparsegpt":
-        from llmcompressor.modifiers.obcq import SparseGPTModifier
-
-        return SparseGPTModifier(sparsity=0.5, mask_structure=mask, targets=["Linear"], ignore=ignore)
-    raise ValueError(f"unknown pruning method '{method}'; choose from {list(PRUNERS)}")
-
-
-#: calibration rows of the pruners: this many evenly spaced records (every person/author counts)
-CALIBRATION_SAMPLES = 64
-
-
-def calibration_records(world: World) -> list[dict[str, Any]]:
-    """The pruners' calibration rows: :data:`CALIBRATION_SAMPLES` evenly spaced retain records, or on a world
-    whose ``calibration`` is ``train`` (a pretrained world) forget + retain records, the memorizer's fine-tuning
-    data: a deployer prunes the model it serves, calibrated on its own domain, before the deletion request
-    (on SmolLM2 fine-tuned on TOFU, calibrating SparseGPT on the 20 retain records alone took the forget set
-    below the forgetting target at 2:4 and every real-author and world-fact answer at 50%, docs/results.md)."""
-    records = world.forget + world.retain if world.calibration == "train" else world.retain
-    return _evenly(records, CALIBRATION_SAMPLES)
-
-
-def prune(model: torch.nn.Module, world: World, method: str, structure: str) -> torch.nn.Module:
-    """Prune ``model`` in place with :func:`sau_compress.pipeline.run_oneshot`, the pipeline's own path
-    (calibration: :func:`calibration_records`, 256 tokens each).
-
-    ``model`` must carry a ``name_or_path`` that oneshot can re-read (a model loaded from a folder).
-    """
-    from sau_compress.pipeline import run_oneshot
-
-    run_oneshot(model, world.tokenizer, [_pruner(method, structure)],
-                calibration=calibration_records(world),
-                num_calibration_samples=CALIBRATION_SAMPLES, max_seq_length=256)
-    return model
-
-
-def pruned_path(world: World, method: str, structure: str, work: Path) -> Path:
-    """Where :func:`pruned_dir` keeps the memorizer pruned by (``method``, ``structure``): keyed by the world's
-    folder, the pruning and (where it is not the retain set) the calibration."""
-    tag = "" if world.calibration == "retain" else f"-calibration={world.calibration}"
-    key = hashlib.sha256(f"{PRUNE_VERSION}-{world.root}-{method}-{structure}{tag}".encode()).hexdigest()[:10]
-    return work / "pruned" / f"{world.name}-{method}-{structure.replace('%', 'pct').replace(':', 'of')}-{key}"
-
-
-def pruned_dir(world: World, method: str, structure: str, work: Path) -> Path:
-    """The folder of the memorizer pruned by (``method``, ``structure``): pruned once, then reused."""
-    out = pruned_path(world, method, structure, work)
-    if (out / "config.json").is_file():
-        return out
-    from sau_compress.export import load_model
-
-    start = time.perf_counter()
-    model = load_model(world.model_dir)
-    prune(model, world, method, structure)
-    with atomic_output_dir(out, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        world.tokenizer.save_pretrained(tmp)
-        (tmp / "prune.json").write_text(json.dumps({"method": method, "structure": structure,
-                                                    "seconds": time.perf_counter() - start}))
-    logger.info(f"pruned {world.name} with {method} {structure} in {time.perf_counter() - start:.1f}s -> {out}")
-    return out
-
-
-def default_work_dir() -> Path:
-    """Where pruned folders are cached: ``<cache>/headline``."""
-    return cache_dir() / "headline"
-
-
 # ------------------------------------------------------------------------------------------------ runs
 
 
@@ -537,7 +453,7 @@ def run_unlearning(
                               **variant_fields(spec.mode, spec.topk_ratio, spec.alpha))
         if reprune:
             pruner, structure = spec.setting.split(" ")
-            run_oneshot(model, world.tokenizer, [modifier, _pruner(pruner, structure)],
+            run_oneshot(model, world.tokenizer, [modifier, make_pruner(pruner, structure)],
                         calibration=calibration_records(world),
                         num_calibration_samples=CALIBRATION_SAMPLES, max_seq_length=256)
         else:
