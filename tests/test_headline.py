@@ -453,3 +453,26 @@ def test_the_sau_stage_takes_a_pretrained_worlds_retain_weight_and_clipping() ->
     world.stage_fields = {}
     toy = core._sau_stage(world, None, "grad_diff", 1e-3, 10, 8, 0, "cpu")
     assert (toy.retain_weight, toy.max_grad_norm) == (1.0, None)
+
+
+def test_audit_modes_on_the_pretrained_world_runs_the_headline_profile(tmp_path) -> None:
+    import argparse
+
+    import audit_modes
+
+    from sau_compress.unlearn import UnlearnConfig
+
+    cfg = UnlearnConfig()
+    args = argparse.Namespace(world="tofu-smollm2", setting=None, lr=None, max_steps=None)
+    assert audit_modes._plan(args) == {
+        "setting": "sparsegpt 50%", "method": "npo", "lr": cfg.learning_rate, "max_steps": 40, "check_every": 5,
+        "batch": cfg.batch_size, "retain_eval": 20,
+        "audit": {"relearn_steps": 10, "relearn_lr": cfg.learning_rate, "relearn_batch_size": 4, "batch_size": 16}}
+    toy = audit_modes._plan(argparse.Namespace(world="toy", setting=None, lr=None, max_steps=None))
+    assert (toy["setting"], toy["method"], toy["lr"], toy["audit"]) == ("sparsegpt 2:4", "grad_diff", 1e-3, {})
+    # the reference cache file: entries of two workers merge, nothing is lost, no temporary file stays
+    path = tmp_path / "cache.json"
+    audit_modes._save_cache(path, {"a": {"scores": 1}})
+    audit_modes._save_cache(path, {"b": {"scores": 2}})
+    assert audit_modes._load_cache(path) == {"a": {"scores": 1}, "b": {"scores": 2}}
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]
