@@ -8,6 +8,9 @@ One command reproduces each table in ``docs/results.md``::
     python benchmarks/headline.py --model-size tiny   # the earlier tiny tofu/toy worlds (FULL_PROFILE)
     python benchmarks/headline.py --full-matrix --device cuda   # every cell, on a GPU
     python benchmarks/headline.py --worlds tofu-smollm2          # the pretrained world (PRETRAINED_PROFILE)
+    python benchmarks/headline.py --worlds tofu-smollm2 --quick  # its smoke run (8 records per set)
+    python benchmarks/headline.py --worlds tofu-smollm2 --device cuda --jobs 8 --threads 1   # the same on a GPU
+    python benchmarks/headline.py --worlds tofu-llama-3.2-1b --device cuda --jobs 4 --threads 1   # Llama-3.2-1B
 
 The default on the CPU (:data:`CAPACITY_PROFILE`) is the ``capacity`` toy world: 0.21M parameters for 240 people
 and 48 people of prior knowledge (learnt first, rehearsed, in no split that unlearning touches; model utility
@@ -211,18 +214,21 @@ SWEEP_WORLDS = ("toy",)
 #: unpruned run and no unlearn-then-sparsify (``naive-reprune`` is that order on the pruned model), no ablations
 #: and no fixed budget by default (``budget`` runs them when set; each point is a full evaluation, 6 to 12
 #: minutes on one CPU thread here). One 135M step costs seconds on the CPU, a forgetting check (40 greedy
-#: answers of up to 96 tokens) about 40 s: checked every 5 steps, at most 40 steps. The quick profile is the
-#: same on SparseGPT 2:4 alone, ``masked`` and ``sau``, one seed, 10 steps.
+#: answers of up to 96 tokens) about 40 s: checked every 5 steps, at most 40 steps. The quick profile is a smoke
+#: run of the same machinery: SparseGPT 2:4 alone, ``masked`` and ``sau``, one seed, 6 steps checked every 3,
+#: evaluated on 8 evenly spaced records of each set (its target and reference too; training uses every record),
+#: so its figures are not the full profile's.
 PRETRAINED_MATCHED = ["masked", "dense", "naive", "naive-reprune", "topk", "sau", "sau-alpha1", "contrastive"]
 PRETRAINED_PROFILE: dict[str, dict[str, Any]] = {
-    "tofu-smollm2": {"modes": PRETRAINED_MATCHED, "cells": {"npo": [("sparsegpt", "2:4"), ("sparsegpt", "50%")]},
-                     "ablation": None, "budget": None, "unpruned": False,
-                     "batch_size": core.MODIFIER_DEFAULTS["batch_size"], "check_every": 5, "max_steps": 40,
-                     "seeds": 3, "retain_eval": core.PRETRAINED_RETAIN_EVAL},
+    name: {"modes": PRETRAINED_MATCHED, "cells": {"npo": [("sparsegpt", "2:4"), ("sparsegpt", "50%")]},
+           "ablation": None, "budget": None, "unpruned": False,
+           "batch_size": core.MODIFIER_DEFAULTS["batch_size"], "check_every": 5, "max_steps": 40,
+           "seeds": 3, "retain_eval": core.PRETRAINED_RETAIN_EVAL}
+    for name in core.PRETRAINED_WORLDS  # one profile: the 1B world runs what the 135M world runs
 }
 PRETRAINED_QUICK: dict[str, dict[str, Any]] = {
-    name: {**profile, "modes": ["masked", "sau"], "cells": {"npo": [("sparsegpt", "2:4")]}, "max_steps": 10,
-           "seeds": 1}
+    name: {**profile, "modes": ["masked", "sau"], "cells": {"npo": [("sparsegpt", "2:4")]}, "max_steps": 6,
+           "check_every": 3, "seeds": 1, "eval_records": 8}
     for name, profile in PRETRAINED_PROFILE.items()
 }
 
@@ -320,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     lrs = _parse_lr(args.lr, pretrained)
     labels = [core.world_label(w, size) for w in worlds]
     results = Path("docs") / "results"
-    default_out = (results / "headline_pretrained" if pretrained else results / "headline" if size == "tiny"
+    pretrained_out = "headline_pretrained" if worlds[0] == "tofu-smollm2" else f"headline_{worlds[0]}"
+    default_out = (results / pretrained_out if pretrained else results / "headline" if size == "tiny"
                    else results / f"headline_{size}")
     out = Path(args.out) if args.out else (core.default_work_dir() / "quick" if quick else default_out)
     work = Path(args.work) if args.work else core.default_work_dir()
@@ -471,7 +478,8 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
         core_log(rec)
         return rec
 
-    w = _load_world(wname, args.retain_eval, device, args.tofu_dir, args.model_size, work)
+    w = _load_world(wname, args.retain_eval, device, args.tofu_dir, args.model_size, work,
+                    profile.get("eval_records"))
     label = w.name
     meta_path = out / f"headline_meta_{label}.json"
     known = {s["setting"]: s for s in json.loads(meta_path.read_text())["starts"]} if meta_path.is_file() else {}
@@ -554,12 +562,12 @@ _WORLDS: dict[tuple[Any, ...], core.World] = {}
 
 
 def _load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None, size: str,
-                work: Path | None = None) -> core.World:
+                work: Path | None = None, eval_records: int | None = None) -> core.World:
     """:func:`headline_core.load_world`, once per process and arguments (its tokenized sets and the start of
     each pruned folder are then measured once too; its target and reference cached in ``work``)."""
-    key = (name, retain_eval, device, tofu_dir, size)
+    key = (name, retain_eval, device, tofu_dir, size, eval_records)
     if key not in _WORLDS:
-        _WORLDS[key] = core.load_world(name, retain_eval, device, tofu_dir, size, work)
+        _WORLDS[key] = core.load_world(name, retain_eval, device, tofu_dir, size, work, eval_records)
     return _WORLDS[key]
 
 

@@ -123,6 +123,10 @@ class World:
     #: model utility is measured on
     prior: list[dict[str, Any]] = field(default_factory=list)
     prior_eval: list[dict[str, Any]] = field(default_factory=list)
+    #: the forget and holdout records the evaluations, the forgetting checks and the target use: all of them,
+    #: or a few evenly spaced ones in a quick profile (``eval_records``); training and calibration use all
+    forget_eval: list[dict[str, Any]] = field(default_factory=list)
+    holdout_eval: list[dict[str, Any]] = field(default_factory=list)
     #: SHA-256 of the memorizer's and the retain model's weights (builds differ across machines)
     weights_sha256: dict[str, str] = field(default_factory=dict)
     #: the evaluation sets tokenized once for every evaluation and forgetting check of the world's runs
@@ -158,7 +162,7 @@ class World:
 
 
 def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = None, size: str = "tiny",
-               work: Path | None = None) -> World:
+               work: Path | None = None, eval_records: int | None = None) -> World:
     """Build or reuse a world, measure its forgetting target and the retain model's reference.
 
     :param name: ``toy`` (:func:`sau_compress.worlds.build_toy_world`), ``tofu``
@@ -172,6 +176,8 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
     :param size: a key of :data:`MODEL_SIZES`
     :param work: where to cache the target and the reference (:func:`_cached`; every worker process of the
         headline loads the world, and on a pretrained world they take minutes); ``None``: measured each time
+    :param eval_records: evaluate on this many evenly spaced forget, holdout, retain and prior records (a quick
+        profile's smoke run: its target and reference are measured on them too); ``None``: every record
     :raises ValueError: unknown world or size
     """
     from transformers import AutoTokenizer
@@ -195,9 +201,11 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
         forget=sets["forget"],
         retain=sets["retain"],
         holdout=sets["holdout"],
-        retain_eval=evenly(sets["retain"], retain_eval),
+        retain_eval=evenly(sets["retain"], min(retain_eval, eval_records or retain_eval)),
         prior=prior,
-        prior_eval=evenly(prior, retain_eval) if prior else [],
+        prior_eval=evenly(prior, min(retain_eval, eval_records or retain_eval)) if prior else [],
+        forget_eval=evenly(sets["forget"], eval_records or len(sets["forget"])),
+        holdout_eval=evenly(sets["holdout"], eval_records or len(sets["holdout"])),
         tokenizer=tokenizer,
         max_new_tokens=max_new_tokens,
         parameters=built.parameters,
@@ -216,14 +224,14 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
         from sau_compress.evaluation import evaluate
 
         memorizer = load_model(built.model_dir).to(device).eval()
-        target = forget_rouge(memorizer, world, world.holdout)
+        target = forget_rouge(memorizer, world, world.holdout_eval)
         retain_model = load_model(built.retain_model_dir).to(device).eval()
         ref = evaluate(retain_model, tokenizer, "toy", datasets=_eval_sets(world), metrics=["forget_truth_ratio"],
                        batch_size=EVAL_BATCH, max_new_tokens=max_new_tokens)
         return {"target": target, "reference": {"forget_truth_ratio": ref["forget_truth_ratio"]}}
 
     ident = ["reference", str(built.root), world.weights_sha256, max_new_tokens, device,
-             [r["question"] for r in world.forget], [r["question"] for r in world.holdout]]
+             [r["question"] for r in world.forget_eval], [r["question"] for r in world.holdout_eval]]
     measured = measure() if work is None else _cached(work, ident, measure)
     world.target, world.reference = measured["target"], measured["reference"]
     logger.info(f"world {name}: target forget ROUGE-L recall <= {world.target:.4f} (memorizer on holdout)")
@@ -231,7 +239,7 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
 
 
 def _eval_sets(world: World) -> dict[str, list[dict[str, Any]]]:
-    sets = {"forget": world.forget, "retain": world.retain_eval, "holdout": world.holdout}
+    sets = {"forget": world.forget_eval, "retain": world.retain_eval, "holdout": world.holdout_eval}
     if world.prior_eval:
         sets["prior"] = world.prior_eval  # model utility then covers it (the toy suite's prior block)
     return sets
@@ -239,11 +247,11 @@ def _eval_sets(world: World) -> dict[str, list[dict[str, Any]]]:
 
 @torch.no_grad()
 def forget_rouge(model: torch.nn.Module, world: World, records: list[dict[str, Any]] | None = None) -> float:
-    """Mean ROUGE-L recall of greedy answers to ``records`` (default: the forget set)."""
+    """Mean ROUGE-L recall of greedy answers to ``records`` (default: the forget set as evaluated)."""
     from sau_compress.data import resolve_prompt_format
     from sau_compress.evaluation import generate_answers, rouge_l_recall
 
-    records = world.forget if records is None else records
+    records = world.forget_eval if records is None else records
     was_training = model.training
     model.eval()
     fmt = resolve_prompt_format(world.tokenizer, "auto", log=False)

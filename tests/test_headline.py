@@ -402,7 +402,8 @@ def test_a_start_is_evaluated_once_per_folder_world_and_sets(tmp_path: Path, mon
 
     monkeypatch.setattr(core, "evaluate_model", fake_evaluate)
     qa = [{"question": "q1", "answer": "a"}]
-    world = SimpleNamespace(forget=qa, retain_eval=qa, holdout=qa, prior_eval=[], weights_sha256={"model": "x"},
+    world = SimpleNamespace(forget=qa, forget_eval=qa, retain_eval=qa, holdout=qa, holdout_eval=qa, prior_eval=[],
+                            weights_sha256={"model": "x"},
                             max_new_tokens=8)
     first = core.evaluate_start(tmp_path / "m", world, "cpu", tmp_path / "work")
     again = core.evaluate_start(tmp_path / "m", world, "cpu", tmp_path / "work")
@@ -412,7 +413,7 @@ def test_a_start_is_evaluated_once_per_folder_world_and_sets(tmp_path: Path, mon
     core.evaluate_start(tmp_path / "other", world, "cpu", tmp_path / "work")
     world.weights_sha256 = {"model": "y"}
     core.evaluate_start(tmp_path / "m", world, "cpu", tmp_path / "work")
-    world.forget = [{"question": "q2", "answer": "a"}]
+    world.forget = world.forget_eval = [{"question": "q2", "answer": "a"}]
     core.evaluate_start(tmp_path / "m", world, "cpu", tmp_path / "work")
     assert calls == ["q1", "q1", "q1", "q2"]
 
@@ -476,3 +477,25 @@ def test_audit_modes_on_the_pretrained_world_runs_the_headline_profile(tmp_path)
     audit_modes._save_cache(path, {"b": {"scores": 2}})
     assert audit_modes._load_cache(path) == {"a": {"scores": 1}, "b": {"scores": 2}}
     assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]
+
+
+def test_a_quick_world_evaluates_a_few_records_and_trains_on_all(tmp_path, monkeypatch) -> None:
+    import headline_core as core
+
+    from sau_compress.export import load_model
+
+    monkeypatch.setenv("SAU_COMPRESS_CACHE", str(tmp_path / "cache"))
+    full = core.load_world("toy", 4, "cpu", work=tmp_path / "work")
+    quick = core.load_world("toy", 4, "cpu", work=tmp_path / "work", eval_records=3)
+    assert full.forget_eval == full.forget and full.holdout_eval == full.holdout and len(full.retain_eval) == 4
+    step = len(full.forget) / 3
+    assert quick.forget_eval == [full.forget[int(i * step)] for i in range(3)]
+    assert len(quick.holdout_eval) == len(quick.retain_eval) == 3
+    # training and calibration keep every record
+    assert quick.forget == full.forget and len(quick.forget_items) == len(full.forget_items) == len(full.forget)
+    assert core.calibration_records(quick) == core.calibration_records(full)
+    # the target is the memorizer's recall on the evaluated holdout records, and a check answers 3 questions
+    memorizer = load_model(quick.model_dir).eval()
+    assert quick.target == core.forget_rouge(memorizer, quick, quick.holdout_eval)
+    assert quick.target != full.target
+    assert len(core._eval_sets(quick)["forget"]) == 3
