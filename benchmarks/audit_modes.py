@@ -87,12 +87,13 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     plan = _plan(args)
     work = core.default_work_dir()
-    world = core.load_world(args.world, plan["retain_eval"], "cpu", None, "tiny", work)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    world = core.load_world(args.world, plan["retain_eval"], device, None, "tiny", work)
     pruner, structure = plan["setting"].split(" ")
     folder = core.pruned_dir(world, pruner, structure, work)
     sets = {"forget": world.forget, "retain": world.retain, "holdout": world.holdout}
     fmt = resolve_prompt_format(world.tokenizer, "auto", log=False)
-    retain = Subject(load_model(world.retain_model_dir).eval(), world.tokenizer, fmt)
+    retain = Subject(load_model(world.retain_model_dir).to(device).eval(), world.tokenizer, fmt)
     done = {(r["mode"], r["seed"]) for r in _read(args.out) if r.get("setting", "sparsegpt 2:4") == plan["setting"]}
     runs_done = {r["key"] for r in _read(args.runs)} if args.runs else set()
     for seed in args.seeds:
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
             spec = core.make_spec(world.name, "matrix", plan["setting"], plan["method"], mode, seed, plan["lr"])
             start = time.perf_counter()
             record, model = core.run_unlearning(spec, world, folder, plan["max_steps"], plan["check_every"],
-                                                plan["batch"], "cpu", keep_model=True)
+                                                plan["batch"], device, keep_model=True)
             if args.runs and spec.key() not in runs_done:
                 core.append_record(args.runs, record)
             cache = _load_cache(args.reference_cache)
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="default: the world's (toy 1e-3; pretrained: NPO's)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", type=Path, default=None,
                    help=f"default {DEFAULT_OUT} (toy), {PRETRAINED_OUT}/audit_modes.jsonl (pretrained)")
     p.add_argument("--runs", type=Path, default=None, help="where the headline records go (pretrained default: "

@@ -35,8 +35,11 @@ WORLD_PRIOR: dict[str, int] = {"capacity": 48}
 
 
 #: worlds on a real pretrained model (:func:`sau_compress.pipeline.build_pretrained_tofu_world`): world name ->
-#: base model; they have no model sizes (the base is the model) and are fine-tuned on the benchmark's device
-PRETRAINED_WORLDS: dict[str, str] = {"tofu-smollm2": "smollm2-135m-instruct"}
+#: base model; they have no model sizes (the base is the model) and are fine-tuned on the benchmark's device.
+#: ``tofu-llama-3.2-1b`` is the GPU world (a hub id: it needs the hub and, at 1.24B parameters, a GPU); it has
+#: not run in this project yet
+PRETRAINED_WORLDS: dict[str, str] = {"tofu-smollm2": "smollm2-135m-instruct",
+                                     "tofu-llama-3.2-1b": "meta-llama/Llama-3.2-1B-Instruct"}
 
 
 #: the modifier's defaults a pretrained world runs at (measured on SmolLM2, docs/pretrained.md), read from

@@ -185,7 +185,8 @@ def test_headline_names_the_pretrained_world(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import headline_core
 
-    assert headline_core.PRETRAINED_WORLDS == {"tofu-smollm2": "smollm2-135m-instruct"}
+    assert headline_core.PRETRAINED_WORLDS == {"tofu-smollm2": "smollm2-135m-instruct",
+                                               "tofu-llama-3.2-1b": "meta-llama/Llama-3.2-1B-Instruct"}
     labels = {headline_core.world_label(name, "tiny") for name in ("toy", "tofu", "tofu-smollm2")}
     assert labels == {"toy", "tofu", "tofu-smollm2"}
     assert headline_core.world_label("tofu-smollm2", "large") == "tofu-smollm2"
