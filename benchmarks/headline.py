@@ -215,7 +215,7 @@ SWEEP_WORLDS = ("toy",)
 #: and no fixed budget by default (``budget`` runs them when set; each point is a full evaluation, 6 to 12
 #: minutes on one CPU thread here). One 135M step costs seconds on the CPU, a forgetting check (40 greedy
 #: answers of up to 96 tokens) about 40 s: checked every 5 steps, at most 40 steps. The quick profile is a smoke
-#: run of the same machinery: SparseGPT 2:4 alone, ``masked`` and ``sau``, one seed, 6 steps checked every 3,
+#: run of the same machinery: SparseGPT 2:4 alone, ``masked`` and ``sau``, one seed, 4 steps checked every 2,
 #: evaluated on 8 evenly spaced records of each set (its target and reference too; training uses every record),
 #: so its figures are not the full profile's.
 PRETRAINED_MATCHED = ["masked", "dense", "naive", "naive-reprune", "topk", "sau", "sau-alpha1", "contrastive"]
@@ -227,8 +227,8 @@ PRETRAINED_PROFILE: dict[str, dict[str, Any]] = {
     for name in core.PRETRAINED_WORLDS  # one profile: the 1B world runs what the 135M world runs
 }
 PRETRAINED_QUICK: dict[str, dict[str, Any]] = {
-    name: {**profile, "modes": ["masked", "sau"], "cells": {"npo": [("sparsegpt", "2:4")]}, "max_steps": 6,
-           "check_every": 3, "seeds": 1, "eval_records": 8}
+    name: {**profile, "modes": ["masked", "sau"], "cells": {"npo": [("sparsegpt", "2:4")]}, "max_steps": 4,
+           "check_every": 2, "seeds": 1, "eval_records": 8}
     for name, profile in PRETRAINED_PROFILE.items()
 }
 
