@@ -53,8 +53,11 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     """The unlearning and audit settings of ``args.world`` (toy: GradDiff on SparseGPT 2:4, as before)."""
     if args.world == "toy":
         return {"setting": args.setting or "sparsegpt 2:4", "method": "grad_diff", "lr": args.lr or core_lr(),
-                "max_steps": args.max_steps or 120, "check_every": 3, "batch": 8, "retain_eval": 40, "audit": {}}
+                "max_steps": args.max_steps or 120, "check_every": 3, "batch": 8, "retain_eval": 40,
+                "audit": {"utility_records": 16}}
     from headline import PRETRAINED_LR, PRETRAINED_PROFILE
+
+    from sau_compress.worlds.pretrained import ANSWER_TOKENS
 
     profile = PRETRAINED_PROFILE[args.world]
     (method,) = profile["cells"]
@@ -62,7 +65,8 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     return {"setting": args.setting or "sparsegpt 50%", "method": method, "lr": lr,
             "max_steps": args.max_steps or profile["max_steps"], "check_every": profile["check_every"],
             "batch": profile["batch_size"], "retain_eval": profile["retain_eval"],
-            "audit": {"relearn_steps": 10, "relearn_lr": lr, "relearn_batch_size": 4, "batch_size": 16}}
+            "audit": {"utility_records": profile["retain_eval"], "max_new_tokens": ANSWER_TOKENS, "relearn_steps": 10,
+                      "relearn_lr": lr, "relearn_batch_size": 4, "batch_size": 16}}
 
 
 def _load_cache(path: Path | None) -> dict[str, Any]:
@@ -107,8 +111,7 @@ def run(args: argparse.Namespace) -> None:
             if args.runs and spec.key() not in runs_done:
                 core.append_record(args.runs, record)
             cache = _load_cache(args.reference_cache)
-            settings = AuditSettings(seed=seed, utility_records=plan["retain_eval"],
-                                     max_new_tokens=world.max_new_tokens, **plan["audit"])
+            settings = AuditSettings(seed=seed, **plan["audit"])
             result = audit(Subject(model.eval(), world.tokenizer, fmt), sets, retain, args.attacks, settings,
                            reference_cache=cache)
             _save_cache(args.reference_cache, cache)

@@ -468,9 +468,12 @@ def test_audit_modes_on_the_pretrained_world_runs_the_headline_profile(tmp_path)
     assert audit_modes._plan(args) == {
         "setting": "sparsegpt 50%", "method": "npo", "lr": cfg.learning_rate, "max_steps": 40, "check_every": 5,
         "batch": cfg.batch_size, "retain_eval": 20,
-        "audit": {"relearn_steps": 10, "relearn_lr": cfg.learning_rate, "relearn_batch_size": 4, "batch_size": 16}}
+        "audit": {"utility_records": 20, "max_new_tokens": 96, "relearn_steps": 10, "relearn_lr": cfg.learning_rate,
+                  "relearn_batch_size": 4, "batch_size": 16}}
+    # the toy audit is as it was before the pretrained world: 16 utility records, the audit's own answer length
     toy = audit_modes._plan(argparse.Namespace(world="toy", setting=None, lr=None, max_steps=None))
-    assert (toy["setting"], toy["method"], toy["lr"], toy["audit"]) == ("sparsegpt 2:4", "grad_diff", 1e-3, {})
+    assert (toy["setting"], toy["method"], toy["lr"], toy["audit"]) == ("sparsegpt 2:4", "grad_diff", 1e-3,
+                                                                        {"utility_records": 16})
     # the reference cache file: entries of two workers merge, nothing is lost, no temporary file stays
     path = tmp_path / "cache.json"
     audit_modes._save_cache(path, {"a": {"scores": 1}})
