@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default=None, help="cache of pruned folders (default: <cache>/headline)")
     p.add_argument("--tofu-dir", default=None,
                    help="TOFU data folder (default: $SAU_COMPRESS_TOFU_DIR, else the bundled data/tofu)")
+    p.add_argument("--target-rule", choices=core.TARGET_RULES, default=None,
+                   help="forgetting target: memorizer-holdout (default) or retain-band (default on a pretrained "
+                        "world); see headline_worlds.TARGET_RULES")
     p.add_argument("--fresh", action="store_true", help="ignore runs already recorded in the output")
     p.add_argument("--json", action="store_true", help="print the comparison rows as JSON at the end")
     p.add_argument("--jobs", type=int, default=None,
@@ -479,7 +482,7 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
         return rec
 
     w = _load_world(wname, args.retain_eval, device, args.tofu_dir, args.model_size, work,
-                    profile.get("eval_records"))
+                    profile.get("eval_records"), args.target_rule)
     label = w.name
     meta_path = out / f"headline_meta_{label}.json"
     known = {s["setting"]: s for s in json.loads(meta_path.read_text())["starts"]} if meta_path.is_file() else {}
@@ -562,12 +565,13 @@ _WORLDS: dict[tuple[Any, ...], core.World] = {}
 
 
 def _load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None, size: str,
-                work: Path | None = None, eval_records: int | None = None) -> core.World:
+                work: Path | None = None, eval_records: int | None = None,
+                target_rule: str | None = None) -> core.World:
     """:func:`headline_core.load_world`, once per process and arguments (its tokenized sets and the start of
     each pruned folder are then measured once too; its target and reference cached in ``work``)."""
-    key = (name, retain_eval, device, tofu_dir, size, eval_records)
+    key = (name, retain_eval, device, tofu_dir, size, eval_records, target_rule)
     if key not in _WORLDS:
-        _WORLDS[key] = core.load_world(name, retain_eval, device, tofu_dir, size, work, eval_records)
+        _WORLDS[key] = core.load_world(name, retain_eval, device, tofu_dir, size, work, eval_records, target_rule)
     return _WORLDS[key]
 
 

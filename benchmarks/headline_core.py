@@ -36,11 +36,13 @@ from headline_worlds import (  # noqa: F401  (re-exported: core.MODEL_SIZES, cor
     PRETRAINED_RETAIN_EVAL,
     PRETRAINED_STAGE,
     PRETRAINED_WORLDS,
+    TARGET_RULES,
     WORLD_PEOPLE,
     WORLD_PRIOR,
     build_world,
     headline_tofu_data_dir,
     pretrained_prior,
+    retain_band,
     world_label,
 )
 from loguru import logger
@@ -96,8 +98,9 @@ EVAL_BATCH = 256
 class World:
     """A benchmark world: model folders, QA sets, tokenizer, forgetting target and retain-model reference.
 
-    :ivar target: forgetting target, the memorizer's ROUGE-L recall on the holdout set (people/authors it
-        never saw): a model that has forgotten should answer forget questions no better than unseen ones
+    :ivar target: forgetting target (:data:`TARGET_RULES`): the memorizer's ROUGE-L recall on the holdout set
+        (people/authors it never saw: a model that has forgotten should answer forget questions no better than
+        unseen ones), or on a pretrained world the upper end of the retain model's own 95% band on the forget set
     :ivar reference: the retain model's ``forget_truth_ratio`` result (the reference of forget quality)
     """
 
@@ -139,6 +142,8 @@ class World:
     #: what the pruners calibrate on: ``retain`` (the toy worlds) or ``train`` (forget + retain, the data the
     #: memorizer was fine-tuned on: a pretrained world, pruned before any deletion request arrives)
     calibration: str = "retain"
+    #: how :attr:`target` was set (a key of :data:`TARGET_RULES`)
+    target_rule: str = "memorizer-holdout"
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary of the world's scale."""
@@ -154,6 +159,7 @@ class World:
             "prior": len(self.prior),
             "prior_eval": len(self.prior_eval),
             "target_forget_rouge": self.target,
+            "target_rule": self.target_rule,
             "memorizer_rouge": self.memorizer_rouge,
             "retain_model_rouge": self.retain_model_rouge,
             "max_new_tokens": self.max_new_tokens,
@@ -162,7 +168,7 @@ class World:
 
 
 def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = None, size: str = "tiny",
-               work: Path | None = None, eval_records: int | None = None) -> World:
+               work: Path | None = None, eval_records: int | None = None, target_rule: str | None = None) -> World:
     """Build or reuse a world, measure its forgetting target and the retain model's reference.
 
     :param name: ``toy`` (:func:`sau_compress.worlds.build_toy_world`), ``tofu``
@@ -178,13 +184,18 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
         headline loads the world, and on a pretrained world they take minutes); ``None``: measured each time
     :param eval_records: evaluate on this many evenly spaced forget, holdout, retain and prior records (a quick
         profile's smoke run: its target and reference are measured on them too); ``None``: every record
-    :raises ValueError: unknown world or size
+    :param target_rule: a key of :data:`TARGET_RULES`; ``None``: ``retain-band`` on a pretrained world,
+        ``memorizer-holdout`` elsewhere
+    :raises ValueError: unknown world, size or target rule
     """
     from transformers import AutoTokenizer
 
     from sau_compress.evaluation import TokenizedSets
     from sau_compress.export import load_model
 
+    rule = target_rule or ("retain-band" if name in PRETRAINED_WORLDS else "memorizer-holdout")
+    if rule not in TARGET_RULES:
+        raise ValueError(f"unknown target rule '{rule}'; choose from {list(TARGET_RULES)}")
     built, max_new_tokens, train_device = build_world(name, size, device, tofu_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(built.model_dir))
     sets = {s: load_qa(str(built.data_dir / f"{s}.jsonl")) for s in ("forget", "retain", "holdout")}
@@ -233,8 +244,15 @@ def load_world(name: str, retain_eval: int, device: str, tofu_dir: str | None = 
     ident = ["reference", str(built.root), world.weights_sha256, max_new_tokens, device,
              [r["question"] for r in world.forget_eval], [r["question"] for r in world.holdout_eval]]
     measured = measure() if work is None else _cached(work, ident, measure)
-    world.target, world.reference = measured["target"], measured["reference"]
-    logger.info(f"world {name}: target forget ROUGE-L recall <= {world.target:.4f} (memorizer on holdout)")
+    world.target, world.reference, world.target_rule = measured["target"], measured["reference"], rule
+    if rule == "retain-band":
+
+        def band() -> dict[str, Any]:
+            scores = forget_rouges(load_model(built.retain_model_dir).to(device).eval(), world)
+            return {"target": retain_band(scores), "retain_forget_rouge": sum(scores) / len(scores)}
+
+        world.target = (band() if work is None else _cached(work, ["retain-band", *ident], band))["target"]
+    logger.info(f"world {name}: target forget ROUGE-L recall <= {world.target:.4f} ({rule})")
     return world
 
 
@@ -245,9 +263,15 @@ def _eval_sets(world: World) -> dict[str, list[dict[str, Any]]]:
     return sets
 
 
-@torch.no_grad()
 def forget_rouge(model: torch.nn.Module, world: World, records: list[dict[str, Any]] | None = None) -> float:
     """Mean ROUGE-L recall of greedy answers to ``records`` (default: the forget set as evaluated)."""
+    scores = forget_rouges(model, world, records)
+    return sum(scores) / len(scores)
+
+
+@torch.no_grad()
+def forget_rouges(model: torch.nn.Module, world: World, records: list[dict[str, Any]] | None = None) -> list[float]:
+    """ROUGE-L recall of the greedy answer to each of ``records`` (default: the forget set as evaluated)."""
     from sau_compress.data import resolve_prompt_format
     from sau_compress.evaluation import generate_answers, rouge_l_recall
 
@@ -259,7 +283,7 @@ def forget_rouge(model: torch.nn.Module, world: World, records: list[dict[str, A
     answers = generate_answers(model, world.tokenizer, [r["question"] for r in records],
                                max_new_tokens=world.max_new_tokens, batch_size=EVAL_BATCH, prompts=prompts)
     model.train(was_training)
-    return sum(rouge_l_recall(a, r["answer"]) for a, r in zip(answers, records, strict=True)) / len(records)
+    return [rouge_l_recall(a, r["answer"]) for a, r in zip(answers, records, strict=True)]
 
 
 def fq_score(forget_quality: float | None) -> float:
@@ -307,6 +331,9 @@ def evaluate_model(model: torch.nn.Module, world: World, forget_answers: bool = 
         "retain_rouge": res["retain_Q_A_ROUGE"]["agg_value"],
         # prior knowledge's ROUGE-L recall (None in a world without it)
         "prior_rouge": res["prior_Q_A_ROUGE"]["agg_value"] if "prior_Q_A_ROUGE" in res else None,
+        # what model utility is the harmonic mean of (probabilities and truth ratios stay informative where
+        # pruning took a ROUGE-L component, and with it the harmonic mean, to 0)
+        "utility_components": res["model_utility"].get("components"),
     }
     out["aggregate"] = aggregate_score(out["model_utility"], out["forget_quality"])
     return out

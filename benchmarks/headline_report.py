@@ -282,6 +282,41 @@ def paired_rows(records: Sequence[dict[str, Any]], by: str = "pruner") -> list[d
     return rows
 
 
+#: what :func:`part_rows` compares beside the utility components: (column, record key, transform)
+PART_FIGURES = (("log10 FQ", "forget_quality", "log"), ("forget ROUGE-L", "forget_rouge", None),
+                ("utility", "model_utility", None))
+
+
+def part_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """Paired differences a − b at matched forgetting (pairs as in :func:`paired_rows`, per pruning setting) of
+    forget quality, forget ROUGE-L, model utility and **each component model utility is the harmonic mean of**
+    (runs that recorded ``utility_components``): where pruning took one ROUGE-L component to 0, the harmonic
+    mean is 0 for every run, and only the components (answer probabilities, truth ratios) still tell runs
+    apart. Each cell: mean difference and its 95% bootstrap interval (:func:`paired_interval`)."""
+    rows = []
+    cells = _matrix_cells(records)
+    for world, setting in sorted({(k[0], k[1]) for k, _ in cells}):
+        for a, b in PAIRS:
+            ok = [(m[a], m[b]) for k, m in cells if (k[0], k[1]) == (world, setting) and a in m and b in m
+                  and _reached(m[a]) and _reached(m[b])]
+            if not ok or not all(x.get("utility_components") and y.get("utility_components") for x, y in ok):
+                continue
+            row = {"world": world, "setting": setting, "pair": f"{a} − {b}", "pairs": str(len(ok))}
+            names = sorted(set.intersection(*(set(x["utility_components"]) & set(y["utility_components"])
+                                              for x, y in ok)))
+            figures = [*PART_FIGURES, *((n, n, "part") for n in names)]
+            for column, key, how in figures:
+                if how == "part":
+                    deltas = [x["utility_components"][key] - y["utility_components"][key] for x, y in ok]
+                else:
+                    f = _log_fq if how == "log" else (lambda v: v)
+                    deltas = [f(x[key]) - f(y[key]) for x, y in ok if x[key] is not None and y[key] is not None]
+                row[f"Δ {column}"] = (f"{statistics.fmean(deltas):+.3f} {_fmt_interval(paired_interval(deltas))}"
+                                      if deltas else "–")
+            rows.append(row)
+    return rows
+
+
 #: the goal of a configuration against a baseline: at least this relative gain on the aggregate (matched
 #: forgetting) or on the hypervolume (fixed budget), with a 95% interval above 0, on every pruning setting
 GOAL = 0.15
@@ -450,6 +485,12 @@ def render_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any],
         parts += ["", f"## Decision: relative gain over each baseline per pruning setting (95% bootstrap interval; "
                   f"goal ≥{GOAL:.0%} with the interval above 0 on every setting)", ""]
         parts.append(markdown_table(decisions, columns))
+    parts_table = part_rows(records)
+    if parts_table:
+        columns = list(dict.fromkeys(c for row in parts_table for c in row))
+        parts += ["", "## Paired differences on each part of model utility at matched forgetting (mean, 95% "
+                  "bootstrap interval; an interval needs 3 pairs)", ""]
+        parts.append(markdown_table([{c: row.get(c, "–") for c in columns} for row in parts_table], columns))
     parts += ["", "## All cells (mean ± std over seeds)", ""]
     parts.append(markdown_table(group_rows(records), TABLE_COLUMNS))
     for sweep in sweeps:

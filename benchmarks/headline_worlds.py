@@ -5,6 +5,8 @@ Split out of ``headline_core`` (which re-exports every name here); imports nothi
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +122,18 @@ def build_world(name: str, size: str, device: str, tofu_dir: str | None = None) 
     else:
         raise ValueError(f"unknown world '{name}'; choose from {['toy', 'tofu', *PRETRAINED_WORLDS]}")
     return built, max_new_tokens, train_device
+
+
+#: how a world's forgetting target is set. ``memorizer-holdout``: the memorizer's mean forget ROUGE-L recall on
+#: the holdout set. ``retain-band``: the retain model's mean on the forget set plus 1.96 standard errors over its
+#: questions, the highest level still inside the 95% band of a model that never saw the forget authors (on
+#: SmolLM2 the memorizer's holdout level, 0.326, lies below the retain model's own 0.335, and unlearning levels
+#: off at 0.33-0.37, so reaching it was chance; docs/results.md)
+TARGET_RULES = ("memorizer-holdout", "retain-band")
+
+
+def retain_band(scores: list[float]) -> float:
+    """The upper end of the normal 95% band of the mean of ``scores`` (per-question ROUGE-L recalls)."""
+    if len(scores) < 2:
+        raise ValueError(f"the retain band needs at least 2 questions, got {len(scores)}")
+    return statistics.fmean(scores) + 1.96 * statistics.stdev(scores) / math.sqrt(len(scores))

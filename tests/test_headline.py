@@ -223,6 +223,33 @@ def test_paired_rows_give_intervals_from_three_pairs() -> None:
     assert masked_row["Δ aggregate"] == "+0.065" and masked_row["pairs"] == "4"
 
 
+def test_part_rows_compare_each_utility_component() -> None:
+    from headline_report import part_rows
+
+    def rec(mode: str, seed: int, prob: float, reached: bool = True, parts: bool = True) -> dict:
+        r = {"world": "w", "kind": "matrix", "setting": "sparsegpt 50%", "method": "npo", "mode": mode,
+             "seed": seed, "learning_rate": 5e-5, "reached": reached, "steps": 10, "forget_quality": 0.01,
+             "forget_rouge": 0.3, "target": 0.4, "model_utility": 0.0, "aggregate": 0.0}
+        if parts:
+            r["utility_components"] = {"prior_Q_A_Prob": prob, "prior_Q_A_ROUGE": 0.0}
+        return r
+
+    # utility is 0 for every run (a ROUGE-L component at 0), the probability component still differs
+    records = [rec("masked", s, 0.10) for s in range(3)] + [rec("sau", s, 0.12 + 0.01 * s) for s in range(3)]
+    (row,) = part_rows(records)
+    assert (row["pair"], row["pairs"], row["setting"]) == ("sau − masked", "3", "sparsegpt 50%")
+    assert row["Δ utility"] == "+0.000 [+0.000, +0.000]" and row["Δ log10 FQ"] == "+0.000 [+0.000, +0.000]"
+    assert row["Δ prior_Q_A_ROUGE"] == "+0.000 [+0.000, +0.000]"
+    mean, interval = row["Δ prior_Q_A_Prob"].split(" ", 1)
+    low, high = (float(v) for v in interval.strip("[]").split(", "))
+    assert mean == "+0.030" and 0.02 <= low < 0.03 < high <= 0.04
+    # a pair where either run missed the target drops out; two pairs give no interval
+    records[3] = rec("sau", 0, 0.5, reached=False)
+    assert part_rows(records)[0]["Δ prior_Q_A_Prob"] == "+0.035 –"
+    # runs recorded before the components were kept give no row
+    assert part_rows([rec("masked", 0, 0.1, parts=False), rec("sau", 0, 0.2)]) == []
+
+
 def test_decision_rows_give_relative_gains_and_the_goal() -> None:
     from headline_report import decision_rows, matched_effects
 
@@ -502,3 +529,25 @@ def test_a_quick_world_evaluates_a_few_records_and_trains_on_all(tmp_path, monke
     assert quick.target == core.forget_rouge(memorizer, quick, quick.holdout_eval)
     assert quick.target != full.target
     assert len(core._eval_sets(quick)["forget"]) == 3
+    # the retain-band rule: the retain model's mean forget recall + 1.96 standard errors over the questions
+    band = core.load_world("toy", 4, "cpu", work=tmp_path / "work", eval_records=3, target_rule="retain-band")
+    scores = core.forget_rouges(load_model(band.retain_model_dir).eval(), band)
+    assert len(scores) == 3 and band.target_rule == "retain-band" and quick.target_rule == "memorizer-holdout"
+    assert band.target == core.retain_band(scores) and band.describe()["target_rule"] == "retain-band"
+    with pytest.raises(ValueError, match="unknown target rule 'best'"):
+        core.load_world("toy", 4, "cpu", target_rule="best")
+    # a run's record keeps what model utility is the harmonic mean of (the toy world has no prior set)
+    metrics = core.evaluate_model(memorizer, quick)
+    parts = metrics["utility_components"]
+    assert sorted(parts) == ["retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio"]
+    assert metrics["model_utility"] == pytest.approx(3 / sum(1 / v for v in parts.values()), rel=1e-12)
+
+
+def test_retain_band_hand_computed() -> None:
+    from headline_worlds import retain_band
+
+    # mean 0.5, sample standard deviation sqrt(1/6), 4 questions: 0.5 + 1.96 * sqrt(1/6) / 2
+    assert retain_band([0.0, 1.0, 0.5, 0.5]) == pytest.approx(0.5 + 1.96 * (1 / 6) ** 0.5 / 2, abs=1e-12)
+    assert retain_band([0.25, 0.25]) == 0.25
+    with pytest.raises(ValueError, match="at least 2 questions, got 1"):
+        retain_band([0.3])
