@@ -100,6 +100,10 @@ def run(args: argparse.Namespace) -> None:
     retain = Subject(load_model(world.retain_model_dir).to(device).eval(), world.tokenizer, fmt)
     done = {(r["mode"], r["seed"]) for r in _read(args.out) if r.get("setting", "sparsegpt 2:4") == plan["setting"]}
     runs_done = {r["key"] for r in _read(args.runs)} if args.runs else set()
+    if args.runs:  # the audited runs join the headline's: they must have stopped at the same target
+        from headline import check_targets
+
+        check_targets(_read(args.runs), world, args.runs)
     for seed in args.seeds:
         for mode in args.modes:
             if (mode, seed) in done:

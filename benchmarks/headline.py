@@ -401,6 +401,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def check_targets(records: Any, world: core.World, runs_path: Path) -> None:
+    """Refuse to resume runs of ``world`` recorded with another forgetting target (another target rule, or a
+    world built on another machine): they would be skipped as done and paired with runs that stopped elsewhere.
+
+    :raises SystemExit: some record of the world has another ``target``
+    """
+    other = sorted({r["target"] for r in records if r.get("world") == world.name and r.get("target") is not None
+                    and r["target"] != world.target})
+    if other:
+        raise SystemExit(f"{runs_path}: runs of {world.name} recorded with forgetting target "
+                         f"{', '.join(f'{t:.4f}' for t in other)}, this world's is {world.target:.4f} "
+                         f"({world.target_rule}); pass --fresh or another --out")
+
+
 def _part_args(args: argparse.Namespace, world: str, seed: int, method: str, setting: str, threads: int,
                out: Path) -> argparse.Namespace:
     """A copy of ``args`` for one (world, seed, base method, setting) part run by a worker process."""
@@ -484,6 +498,7 @@ def _run_world(args: argparse.Namespace, wname: str, seeds: list[int], lrs: dict
     w = _load_world(wname, args.retain_eval, device, args.tofu_dir, args.model_size, work,
                     profile.get("eval_records"), args.target_rule)
     label = w.name
+    check_targets(done.values(), w, runs_path)
     meta_path = out / f"headline_meta_{label}.json"
     known = {s["setting"]: s for s in json.loads(meta_path.read_text())["starts"]} if meta_path.is_file() else {}
     starts = [known.get("unpruned") or {"world": label, "setting": "unpruned",

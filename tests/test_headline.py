@@ -543,6 +543,20 @@ def test_a_quick_world_evaluates_a_few_records_and_trains_on_all(tmp_path, monke
     assert metrics["model_utility"] == pytest.approx(3 / sum(1 / v for v in parts.values()), rel=1e-12)
 
 
+def test_runs_recorded_with_another_target_are_refused(tmp_path: Path) -> None:
+    import headline
+    import headline_core as core
+
+    world = core.World(name="w", root=tmp_path, model_dir=tmp_path, retain_model_dir=tmp_path, forget=[], retain=[],
+                       holdout=[], retain_eval=[], tokenizer=None, max_new_tokens=8, target=0.3915,
+                       target_rule="retain-band")
+    same = [{"world": "w", "target": 0.3915}, {"world": "other", "target": 0.2}, {"world": "w"}]
+    headline.check_targets(same, world, tmp_path / "runs.jsonl")  # nothing to refuse
+    with pytest.raises(SystemExit, match=r"runs.jsonl: runs of w recorded with forgetting target 0.3264, this "
+                                         r"world's is 0.3915 \(retain-band\); pass --fresh or another --out"):
+        headline.check_targets([*same, {"world": "w", "target": 0.32637766}], world, tmp_path / "runs.jsonl")
+
+
 def test_retain_band_hand_computed() -> None:
     from headline_worlds import retain_band
 
