@@ -287,6 +287,16 @@ PART_FIGURES = (("log10 FQ", "forget_quality", "log"), ("forget ROUGE-L", "forge
                 ("utility", "model_utility", None))
 
 
+#: how :func:`part_rows` names a utility component's metric (``prior_Q_A_ROUGE`` -> ``prior ROUGE-L``)
+PART_LABELS = {"Q_A_Prob": "prob", "Q_A_Prob_normalised": "prob (normalised)", "Q_A_ROUGE": "ROUGE-L",
+               "Truth_Ratio": "truth ratio"}
+
+
+def _part_label(name: str) -> str:
+    split, _, metric = name.partition("_")
+    return f"{split} {PART_LABELS.get(metric, metric)}"
+
+
 def part_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
     """Paired differences a − b at matched forgetting (pairs as in :func:`paired_rows`, per pruning setting) of
     forget quality, forget ROUGE-L, model utility and **each component model utility is the harmonic mean of**
@@ -304,7 +314,7 @@ def part_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
             row = {"world": world, "setting": setting, "pair": f"{a} − {b}", "pairs": str(len(ok))}
             names = sorted(set.intersection(*(set(x["utility_components"]) & set(y["utility_components"])
                                               for x, y in ok)))
-            figures = [*PART_FIGURES, *((n, n, "part") for n in names)]
+            figures = [*PART_FIGURES, *((_part_label(n), n, "part") for n in names)]
             for column, key, how in figures:
                 if how == "part":
                     deltas = [x["utility_components"][key] - y["utility_components"][key] for x, y in ok]

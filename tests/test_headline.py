@@ -239,13 +239,13 @@ def test_part_rows_compare_each_utility_component() -> None:
     (row,) = part_rows(records)
     assert (row["pair"], row["pairs"], row["setting"]) == ("sau − masked", "3", "sparsegpt 50%")
     assert row["Δ utility"] == "+0.000 [+0.000, +0.000]" and row["Δ log10 FQ"] == "+0.000 [+0.000, +0.000]"
-    assert row["Δ prior_Q_A_ROUGE"] == "+0.000 [+0.000, +0.000]"
-    mean, interval = row["Δ prior_Q_A_Prob"].split(" ", 1)
+    assert row["Δ prior ROUGE-L"] == "+0.000 [+0.000, +0.000]"
+    mean, interval = row["Δ prior prob"].split(" ", 1)
     low, high = (float(v) for v in interval.strip("[]").split(", "))
     assert mean == "+0.030" and 0.02 <= low < 0.03 < high <= 0.04
     # a pair where either run missed the target drops out; two pairs give no interval
     records[3] = rec("sau", 0, 0.5, reached=False)
-    assert part_rows(records)[0]["Δ prior_Q_A_Prob"] == "+0.035 –"
+    assert part_rows(records)[0]["Δ prior prob"] == "+0.035 –"
     # runs recorded before the components were kept give no row
     assert part_rows([rec("masked", 0, 0.1, parts=False), rec("sau", 0, 0.2)]) == []
 
