@@ -234,6 +234,17 @@ def _matrix_cells(records: Sequence[dict[str, Any]]) -> list[tuple[tuple, dict[s
     return sorted(runs.items(), key=lambda kv: str(kv[0]))
 
 
+#: two runs a paired difference compares
+Pair = tuple[dict[str, Any], dict[str, Any]]
+
+
+def _pairs(cells: list[dict[str, dict[str, Any]]], a: str, b: str) -> tuple[list[Pair], list[Pair]]:
+    """(every (a, b) pair of runs in ``cells`` ({mode: run} each), the pairs where **both** reached the
+    forgetting target): the pairs a paired difference at matched forgetting compares."""
+    both = [(m[a], m[b]) for m in cells if a in m and b in m]
+    return both, [(x, y) for x, y in both if _reached(x) and _reached(y)]
+
+
 def paired_rows(records: Sequence[dict[str, Any]], by: str = "pruner") -> list[dict[str, str]]:
     """Paired differences a − b at matched forgetting: runs of the same world, pruning setting, base method,
     seed and learning rate, kept only when **both** reached the forgetting target (the pairs where either
@@ -247,12 +258,11 @@ def paired_rows(records: Sequence[dict[str, Any]], by: str = "pruner") -> list[d
     for world in worlds:
         groups = sorted({_group_of(k[1], by) for k, _ in ordered if k[0] == world})
         for group in [*groups, "all"]:
+            in_group = [m for k, m in ordered if k[0] == world and group in ("all", _group_of(k[1], by))]
             for a, b in PAIRS:
-                both = [(m[a], m[b]) for k, m in ordered
-                        if k[0] == world and group in ("all", _group_of(k[1], by)) and a in m and b in m]
+                both, ok = _pairs(in_group, a, b)
                 if not both:
                     continue
-                ok = [(x, y) for x, y in both if _reached(x) and _reached(y)]
                 row = {col: "–" for col in PAIRED_COLUMNS}
                 row.update({"world": world, "pruner": group, "pair": f"{a} − {b}", "pairs": str(len(ok)),
                             "not reached": str(len(both) - len(ok))})
@@ -306,9 +316,9 @@ def part_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
     rows = []
     cells = _matrix_cells(records)
     for world, setting in sorted({(k[0], k[1]) for k, _ in cells}):
+        in_setting = [m for k, m in cells if (k[0], k[1]) == (world, setting)]
         for a, b in PAIRS:
-            ok = [(m[a], m[b]) for k, m in cells if (k[0], k[1]) == (world, setting) and a in m and b in m
-                  and _reached(m[a]) and _reached(m[b])]
+            _, ok = _pairs(in_setting, a, b)
             if not ok or not all(x.get("utility_components") and y.get("utility_components") for x, y in ok):
                 continue
             row = {"world": world, "setting": setting, "pair": f"{a} − {b}", "pairs": str(len(ok))}
