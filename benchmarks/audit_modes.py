@@ -54,7 +54,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     if args.world == "toy":
         return {"setting": args.setting or "sparsegpt 2:4", "method": "grad_diff", "lr": args.lr or core_lr(),
                 "max_steps": args.max_steps or 120, "check_every": 3, "batch": 8, "retain_eval": 40,
-                "audit": {"utility_records": 16}}
+                "audit": {"utility_records": 16, "attack_scores": args.attack_scores or "all"}}
     from headline import PRETRAINED_LR, PRETRAINED_PROFILE
 
     from sau_compress.worlds.pretrained import ANSWER_TOKENS
@@ -66,7 +66,8 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
             "max_steps": args.max_steps or profile["max_steps"], "check_every": profile["check_every"],
             "batch": profile["batch_size"], "retain_eval": profile["retain_eval"],
             "audit": {"utility_records": profile["retain_eval"], "max_new_tokens": ANSWER_TOKENS, "relearn_steps": 10,
-                      "relearn_lr": lr, "relearn_batch_size": 4, "batch_size": 16}}
+                      "relearn_lr": lr, "relearn_batch_size": 4, "batch_size": 16,
+                      "attack_scores": args.attack_scores or "verdict"}}
 
 
 def _load_cache(path: Path | None) -> dict[str, Any]:
@@ -123,6 +124,7 @@ def run(args: argparse.Namespace) -> None:
                    "seed": seed, "learning_rate": plan["lr"], "steps": record["steps"], "reached": record["reached"],
                    "forget_rouge": record["forget_rouge"], "model_utility": record.get("model_utility"),
                    "world_weights_sha256": world.weights_sha256.get("model"),
+                   "attack_scores": settings.attack_scores,
                    "seconds": time.perf_counter() - start,
                    "attacks": [{k: a.get(k) for k in ("name", "holds", "value", "level", "threshold", "seconds")}
                                | {"before": a["before"]["forget_rouge"] if a["score"] == "forget_rouge"
@@ -174,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=None, help="default: dense,topk,sau (toy), masked,dense,sau,naive (pretrained)")
     p.add_argument("--attacks", default=None,
                    help="default: quant-fp8,quant-int8,quant-int4,prune-more (+relearn on a pretrained world)")
+    p.add_argument("--attack-scores", choices=["all", "verdict"], default=None,
+                   help="what is measured under each attack (AuditSettings.attack_scores; default: all on the toy, "
+                        "verdict on a pretrained world, where a full measurement takes minutes)")
     p.add_argument("--lr", type=float, default=None, help="default: the world's (toy 1e-3; pretrained: NPO's)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)

@@ -57,6 +57,13 @@ class PromptFormat(str, Enum):
     chat = "chat"
 
 
+class AttackScores(str, Enum):
+    """``sau_compress.audit.ATTACK_SCORES``."""
+
+    all = "all"
+    verdict = "verdict"
+
+
 class Engine(str, Enum):
     """``sau_compress.export.verify.ENGINES``."""
 

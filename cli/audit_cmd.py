@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from sau_compress.cli._choices import PromptFormat, check_device
+from sau_compress.cli._choices import AttackScores, PromptFormat, check_device
 from sau_compress.cli._common import JSON_OPTION, console, emit, stdout_to_stderr, user_errors
 
 
@@ -54,6 +54,10 @@ def audit_command(
     rouge_margin: float = typer.Option(0.1, "--rouge-margin", help="Margin over the reference forget ROUGE-L."),
     mia_margin: float = typer.Option(0.1, "--mia-margin", help="Margin over the reference membership AUC."),
     batch_size: int = typer.Option(64, "--batch-size", help="Sequences per forward pass / generate call."),
+    attack_scores: AttackScores = typer.Option(
+        AttackScores.all, "--attack-scores",
+        help="all: every score under each attack; verdict: only the forget ROUGE-L the verdicts read (faster).",
+    ),
     prompt_format: PromptFormat = typer.Option(PromptFormat.auto, "--prompt-format", help="auto, plain or chat."),
     device: str | None = typer.Option(
         None, "--device", callback=check_device, help="cpu, cuda or cuda:N (default: cuda if available)."
@@ -72,7 +76,7 @@ def audit_command(
             model, forget=forget, retain=retain, holdout=holdout, retain_model=retain_model, attacks=attacks,
             output=output, overwrite=overwrite, record=record, prompt_format=prompt_format.value, device=device,
             settings={"relearn_steps": relearn_steps, "rouge_margin": rouge_margin, "mia_margin": mia_margin,
-                      "batch_size": batch_size},
+                      "batch_size": batch_size, "attack_scores": attack_scores.value},
         )
     emit(result, as_json, render_audit)
 

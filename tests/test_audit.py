@@ -297,3 +297,45 @@ def test_a_reference_cache_measures_the_retain_model_once_per_attack(tiny_model,
     audit(Subject(tiny_model, tokenizer, "plain"), sets, Subject(retain_net, tokenizer, "plain"), ["quant-int8"],
           other, reference_cache=cache)
     assert len(measured) == 4 and len(cache) == 5
+
+
+def test_verdict_scores_give_the_same_verdicts_and_measure_only_the_forget_rouge(tiny_model, tokenizer, qa_records,
+                                                                                 monkeypatch):
+    import sau_compress.audit.core as core
+    from sau_compress.audit import AuditSettings, Subject, audit
+
+    retain_net = type(tiny_model)(tiny_model.config)
+    torch.manual_seed(1)
+    retain_net.load_state_dict({k: v + 0.01 * torch.randn_like(v) for k, v in tiny_model.state_dict().items()})
+    sets = {"forget": qa_records[:4], "retain": qa_records[4:], "holdout": qa_records[4:6]}
+    asked: list[tuple[str, ...]] = []
+    real = core.run_specs
+
+    def recording(ctx, specs, reference=None):
+        asked.append(tuple(sorted(s.name for s in specs)))
+        return real(ctx, specs, reference)
+
+    monkeypatch.setattr(core, "run_specs", recording)
+    attacks = ["quant-int4", "prune-more", "relearn", "mia"]
+
+    def run(scores: str) -> dict:
+        asked.clear()
+        settings = AuditSettings(max_new_tokens=8, batch_size=4, relearn_steps=2, attack_scores=scores)
+        return audit(Subject(tiny_model, tokenizer, "plain"), sets, Subject(retain_net, tokenizer, "plain"),
+                     attacks, settings)
+
+    full = run("all")
+    full_asked = list(asked)
+    lean = run("verdict")
+    for a, b in zip(full["attacks"], lean["attacks"], strict=True):
+        assert (a["name"], a["value"], a["level"], a["holds"]) == (b["name"], b["value"], b["level"], b["holds"])
+        if a["name"] != "relearn":  # relearn's before is its own (test-half) measurement, lean too
+            assert a["before"] == b["before"]  # the unattacked model is measured in full either way
+    assert full["attacks"][0]["after"]["model_utility"] is not None
+    lean_after = lean["attacks"][0]["after"]
+    assert lean_after["model_utility"] is None and lean_after["forget_prob"] is None
+    assert lean["attacks"][3]["after"]["mia_min_k"] is not None  # mia reads the unattacked measurement
+    # base (model and retain model) in full; each attacked measurement asks for the forget ROUGE-L alone:
+    # int4 x2, prune-more x2, relearn before x2, after x2, control x1 (mia reads base)
+    assert len(asked) == 11 and asked.count(("forget_Q_A_ROUGE",)) == 9
+    assert len(full_asked) == len(asked) and all(len(names) > 1 for names in full_asked)

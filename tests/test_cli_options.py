@@ -29,6 +29,7 @@ PRUNE_QUANTIZE = PRUNE_ONLY + """quant_stage:
 
 
 def test_choice_enums_mirror_the_library():
+    from sau_compress.audit import ATTACK_SCORES
     from sau_compress.data import PROMPT_FORMATS
     from sau_compress.evaluation.suite import FORGET_SPLITS, SUITES
     from sau_compress.export import FORMATS
@@ -41,6 +42,7 @@ def test_choice_enums_mirror_the_library():
     assert tuple(e.value for e in _choices.ForgetSplit) == FORGET_SPLITS
     assert tuple(e.value for e in _choices.PromptFormat) == PROMPT_FORMATS
     assert tuple(e.value for e in _choices.Engine) == ENGINES
+    assert tuple(e.value for e in _choices.AttackScores) == ATTACK_SCORES
     assert tuple(e.value for e in _choices.DemoModel) == DEMO_MODELS
 
 
@@ -55,6 +57,7 @@ BAD_CHOICES = [
     ["unlearn", "x", "--forget", "f", "-o", "y", "--device", "gpu"],
     ["audit", "toy", "--prompt-format", "xml"],
     ["audit", "toy", "--device", "gpu"],
+    ["audit", "toy", "--attack-scores", "some"],
     ["-q", "-v", "recipes"],
 ]
 

@@ -19,12 +19,13 @@ from sau_compress.audit.attacks import (
     quantized_copy,
     split_by_person,
 )
-from sau_compress.audit.core import ATTACKS, AuditSettings, Subject, audit, measure, parse_attacks
+from sau_compress.audit.core import ATTACK_SCORES, ATTACKS, AuditSettings, Subject, audit, measure, parse_attacks
 from sau_compress.audit.quant import QUANT_SCHEMES, QuantScheme, fake_quantize_tokens, fake_quantize_weight
 from sau_compress.audit.report import AUDIT_FILE, audit_summary, render_audit, write_audit
 
 __all__ = [
     "ATTACKS",
+    "ATTACK_SCORES",
     "AUDIT_FILE",
     "QUANT_SCHEMES",
     "AuditSettings",

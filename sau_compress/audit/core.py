@@ -38,10 +38,13 @@ from sau_compress.errors import UserError
 from sau_compress.evaluation import EvalContext, get_metric
 from sau_compress.evaluation.suite import required_metrics, run_specs, suite_specs
 
-__all__ = ["ATTACKS", "AuditSettings", "Subject", "audit", "measure", "parse_attacks"]
+__all__ = ["ATTACKS", "ATTACK_SCORES", "AuditSettings", "Subject", "audit", "measure", "parse_attacks"]
 
 #: every attack, in the order they run (also the default list)
 ATTACKS = ("quant-fp8", "quant-int8", "quant-int4", "prune-more", "paraphrase", "relearn", "mia")
+
+#: what is measured under an attack (:attr:`AuditSettings.attack_scores`)
+ATTACK_SCORES = ("all", "verdict")
 
 #: audit score name -> the suite metric it is read from
 SCORE_METRICS = {
@@ -71,6 +74,10 @@ class AuditSettings:
     :ivar batch_size: sequences per forward pass / generate call (64: the toy model is small; fewer calls)
     :ivar max_new_tokens: longest generated answer
     :ivar seed: seed of the fine-tuning order
+    :ivar attack_scores: ``all``: every score (probabilities, truth ratio, forget quality, utility) of the model
+        and the retain model under each attack; ``verdict``: under each attack only the score the verdict reads
+        (forget ROUGE-L recall), the unattacked measurement still in full. Verdicts are the same; on a 135M
+        model it is several times faster (``docs/audit.md``).
     """
 
     rouge_margin: float = 0.1
@@ -83,6 +90,7 @@ class AuditSettings:
     batch_size: int = 64
     max_new_tokens: int = 64
     seed: int = 0
+    attack_scores: str = "all"
 
     def __post_init__(self) -> None:
         for name in ("relearn_steps", "relearn_batch_size", "shots", "batch_size", "max_new_tokens"):
@@ -93,6 +101,9 @@ class AuditSettings:
                 raise UserError(f"audit setting {name} must be in [0, 1], got {getattr(self, name)}")
         if self.relearn_lr <= 0:
             raise UserError(f"audit setting relearn_lr must be positive, got {self.relearn_lr}")
+        if self.attack_scores not in ATTACK_SCORES:
+            raise UserError(f"audit setting attack_scores must be one of {list(ATTACK_SCORES)}, "
+                            f"got {self.attack_scores!r}")
 
 
 @dataclass
@@ -128,6 +139,7 @@ def measure(
     utility: bool = True,
     mia: bool = False,
     holdout_rouge: bool = True,
+    verdict_only: bool = False,
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
     """The audit's scores of one model on ``sets`` (``forget``, ``retain``, optional ``holdout``).
 
@@ -135,16 +147,18 @@ def measure(
     :param utility: also model utility on the retain set
     :param mia: also the membership AUCs (needs a holdout set)
     :param holdout_rouge: also the ROUGE-L recall of greedy answers on the holdout set (the holdout level)
+    :param verdict_only: only the forget ROUGE-L recall (and ``holdout_rouge``): ``reference``, ``utility`` and
+        ``mia`` are ignored
     :return: scores (:data:`SCORE_METRICS` names plus ``holdout_rouge``; absent ones ``None``) and the raw
         metric results (for use as a reference)
     """
-    names = ["forget_Q_A_ROUGE", "forget_Q_A_Prob", "forget_truth_ratio"]
-    if reference is not None:
+    names = ["forget_Q_A_ROUGE"] if verdict_only else ["forget_Q_A_ROUGE", "forget_Q_A_Prob", "forget_truth_ratio"]
+    if reference is not None and not verdict_only:
         names.append("forget_quality")
-    if utility:
+    if utility and not verdict_only:
         names.append("model_utility")
     has_holdout = bool(sets.get("holdout"))
-    if mia and has_holdout:
+    if mia and has_holdout and not verdict_only:
         names += ["mia_loss", "mia_min_k", "mia_zlib"]
     used = {k: v for k, v in sets.items() if v}
     if "retain" in used:
@@ -196,8 +210,10 @@ class _Auditor:
         """Measure the retain model, then the model, each after ``transform`` (``None``: as they are).
 
         With a reference cache the retain model's measurement under attack ``name`` is read from it when
-        there, else measured and stored in it."""
+        there, else measured and stored in it. Under an attack (``name`` other than ``base``) with
+        ``attack_scores: verdict`` only the verdict's score is measured."""
         out: dict[str, Any] = {"model": None, "retain_model": None}
+        lean = self.lean(name)
         ref_results = None
         if self.retain is not None:
             key = self.cache_key(name, sets, utility, mia) if self.cache is not None else ""
@@ -206,12 +222,16 @@ class _Auditor:
                 logger.info(f"audit: the retain model under {name} read from the reference cache")
             else:
                 ref = transform(self.retain) if transform else self.retain
-                out["retain_model"], ref_results = measure(ref, sets, self.settings, None, utility, mia, False)
+                out["retain_model"], ref_results = measure(ref, sets, self.settings, None, utility, mia, False, lean)
                 if self.cache is not None:
                     self.cache[key] = {"scores": out["retain_model"], "results": ref_results}
         subject = transform(self.subject) if transform else self.subject
-        out["model"], _ = measure(subject, sets, self.settings, ref_results, utility, mia, self.retain is None)
+        out["model"], _ = measure(subject, sets, self.settings, ref_results, utility, mia, self.retain is None, lean)
         return out
+
+    def lean(self, name: str) -> bool:
+        """Whether the measurement ``name`` is an attacked one that measures only the verdict's score."""
+        return self.settings.attack_scores == "verdict" and name != "base"
 
     def base(self) -> dict[str, Any]:
         if not self._base:
@@ -294,7 +314,7 @@ class _Auditor:
         after = self.pair(tuned(train), test_sets, name="relearn")
         control_records = self.sets["retain"][:n_control]
         control_model = tuned(control_records)(self.subject)
-        control, _ = measure(control_model, test_sets, st, utility=False)
+        control, _ = measure(control_model, test_sets, st, utility=False, verdict_only=self.lean("relearn"))
         return self.verdict("relearn", before, after, train_records=len(train), test_records=len(test),
                             steps=st.relearn_steps, learning_rate=st.relearn_lr, control=control,
                             control_records=len(control_records))
