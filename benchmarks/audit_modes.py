@@ -126,12 +126,22 @@ def run(args: argparse.Namespace) -> None:
                    "world_weights_sha256": world.weights_sha256.get("model"),
                    "attack_scores": settings.attack_scores,
                    "seconds": time.perf_counter() - start,
-                   "attacks": [{k: a.get(k) for k in ("name", "holds", "value", "level", "threshold", "seconds")}
-                               | {"before": a["before"]["forget_rouge"] if a["score"] == "forget_rouge"
-                                  else a["before"].get("mia_auc")} for a in result["attacks"]]}
+                   "attacks": [_attack_row(a) for a in result["attacks"]]}
             core.append_record(args.out, row)
             print(json.dumps({k: row[k] for k in ("mode", "seed", "steps", "reached", "seconds")}), flush=True)
             del model
+
+
+def _attack_row(a: dict[str, Any]) -> dict[str, Any]:
+    """One attack's figures kept in the JSONL: verdict, attacked value, level and threshold, the model's and the
+    retain model's score before it (``level_before``) and, for ``relearn``, the control's forget ROUGE-L."""
+    score = a["score"]
+    row = {k: a.get(k) for k in ("name", "holds", "value", "level", "threshold", "seconds")}
+    row["before"] = a["before"].get(score)
+    row["level_before"] = (a.get("retain_model_before") or {}).get(score)
+    if a.get("control") is not None:
+        row["control"] = a["control"].get("forget_rouge")
+    return row
 
 
 def _interval(values: list[float]) -> str:
@@ -161,6 +171,11 @@ def report(path: Path) -> str:
             rise = [a["value"] - a["before"] for a in got]
             cells.append(f"{_interval(after)} ({_interval(rise)}), {sum(bool(a['holds']) for a in got)}/{len(got)}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    controls = {m: [a["control"] for r in rows if r["mode"] == m for a in r["attacks"] if a.get("control") is not None]
+                for m in modes}
+    if any(controls.values()):
+        lines += ["", "relearn control (the same fine-tune on as many retain records), forget ROUGE-L: "
+                  + "; ".join(f"{m} {_interval(v)}" for m, v in controls.items() if v)]
     seeds = sorted({r["seed"] for r in rows})
     steps = {m: [r["steps"] for r in rows if r["mode"] == m] for m in modes}
     lines += ["", f"seeds {seeds}; steps to target per mode: {steps}; all reached: "

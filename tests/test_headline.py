@@ -491,16 +491,35 @@ def test_audit_modes_on_the_pretrained_world_runs_the_headline_profile(tmp_path)
     from sau_compress.unlearn import UnlearnConfig
 
     cfg = UnlearnConfig()
-    args = argparse.Namespace(world="tofu-smollm2", setting=None, lr=None, max_steps=None)
+    args = argparse.Namespace(world="tofu-smollm2", setting=None, lr=None, max_steps=None, attack_scores=None)
     assert audit_modes._plan(args) == {
         "setting": "sparsegpt 50%", "method": "npo", "lr": cfg.learning_rate, "max_steps": 40, "check_every": 5,
         "batch": cfg.batch_size, "retain_eval": 20,
         "audit": {"utility_records": 20, "max_new_tokens": 96, "relearn_steps": 10, "relearn_lr": cfg.learning_rate,
-                  "relearn_batch_size": 4, "batch_size": 16}}
-    # the toy audit is as it was before the pretrained world: 16 utility records, the audit's own answer length
-    toy = audit_modes._plan(argparse.Namespace(world="toy", setting=None, lr=None, max_steps=None))
+                  "relearn_batch_size": 4, "batch_size": 16, "attack_scores": "verdict"}}
+    # the toy audit is as it was before the pretrained world: 16 utility records, the audit's own answer length,
+    # every score measured under each attack
+    toy = audit_modes._plan(argparse.Namespace(world="toy", setting=None, lr=None, max_steps=None, attack_scores=None))
     assert (toy["setting"], toy["method"], toy["lr"], toy["audit"]) == ("sparsegpt 2:4", "grad_diff", 1e-3,
-                                                                        {"utility_records": 16})
+                                                                        {"utility_records": 16, "attack_scores": "all"})
+    # what the JSONL keeps of an attack: the relearn control and the retain model's score before the attack
+    entry = {"name": "relearn", "holds": False, "score": "forget_rouge", "value": 0.4, "level": 0.27, "threshold": 0.37,
+             "seconds": 5.0, "before": {"forget_rouge": 0.26, "forget_prob": None},
+             "retain_model_before": {"forget_rouge": 0.25}, "control": {"forget_rouge": 0.3}}
+    assert audit_modes._attack_row(entry) == {"name": "relearn", "holds": False, "value": 0.4, "level": 0.27,
+                                              "threshold": 0.37, "seconds": 5.0, "before": 0.26,
+                                              "level_before": 0.25, "control": 0.3}
+    mia = {"name": "mia", "holds": True, "score": "mia_auc", "value": 0.55, "level": 0.5, "threshold": 0.6,
+           "seconds": 0.0, "before": {"mia_auc": 0.52}, "retain_model_before": None}
+    assert audit_modes._attack_row(mia)["before"] == 0.52 and audit_modes._attack_row(mia)["level_before"] is None
+    runs = tmp_path / "audit.jsonl"
+    runs.write_text("".join(json.dumps({"mode": m, "seed": seed, "steps": 10, "reached": True,
+                                        "attacks": [dict(audit_modes._attack_row(entry), value=v, control=c)]}) + "\n"
+                            for m, seed, v, c in [("masked", 0, 0.4, 0.3), ("sau", 0, 0.3, 0.2), ("sau", 1, 0.5, 0.4)]))
+    table = audit_modes.report(runs)
+    assert "| relearn | 0.400 (0.140), 0/1 | 0.400 ± 1.271 (0.140 ± 1.271), 0/2 |" in table
+    assert "retain records), forget ROUGE-L: masked 0.300; sau 0.300 ± 1.271" in table
+    runs.unlink()
     # the reference cache file: entries of two workers merge, nothing is lost, no temporary file stays
     path = tmp_path / "cache.json"
     audit_modes._save_cache(path, {"a": {"scores": 1}})
