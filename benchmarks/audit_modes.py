@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import headline_core as core  # noqa: E402
 
+from sau_compress.audit import ATTACK_SCORES  # noqa: E402
+
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "audit_modes.jsonl"
 
 
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=None, help="default: dense,topk,sau (toy), masked,dense,sau,naive (pretrained)")
     p.add_argument("--attacks", default=None,
                    help="default: quant-fp8,quant-int8,quant-int4,prune-more (+relearn on a pretrained world)")
-    p.add_argument("--attack-scores", choices=["all", "verdict"], default=None,
+    p.add_argument("--attack-scores", choices=ATTACK_SCORES, default=None,
                    help="what is measured under each attack (AuditSettings.attack_scores; default: all on the toy, "
                         "verdict on a pretrained world, where a full measurement takes minutes)")
     p.add_argument("--lr", type=float, default=None, help="default: the world's (toy 1e-3; pretrained: NPO's)")

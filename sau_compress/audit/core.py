@@ -152,14 +152,16 @@ def measure(
     :return: scores (:data:`SCORE_METRICS` names plus ``holdout_rouge``; absent ones ``None``) and the raw
         metric results (for use as a reference)
     """
-    names = ["forget_Q_A_ROUGE"] if verdict_only else ["forget_Q_A_ROUGE", "forget_Q_A_Prob", "forget_truth_ratio"]
-    if reference is not None and not verdict_only:
-        names.append("forget_quality")
-    if utility and not verdict_only:
-        names.append("model_utility")
     has_holdout = bool(sets.get("holdout"))
-    if mia and has_holdout and not verdict_only:
-        names += ["mia_loss", "mia_min_k", "mia_zlib"]
+    names = ["forget_Q_A_ROUGE"]
+    if not verdict_only:
+        names += ["forget_Q_A_Prob", "forget_truth_ratio"]
+        if reference is not None:
+            names.append("forget_quality")
+        if utility:
+            names.append("model_utility")
+        if mia and has_holdout:
+            names += ["mia_loss", "mia_min_k", "mia_zlib"]
     used = {k: v for k, v in sets.items() if v}
     if "retain" in used:
         used["retain"] = _spread(used["retain"], settings.utility_records)
